@@ -1,0 +1,76 @@
+"""Verification metrics: k-fold accuracy (LFW protocol), TAR at FAR, ROC.
+
+Scores are similarities (higher = more likely the same person). A pair whose
+face could not be found is scored ``-inf``: it is always called "different", so
+detection failures cost accuracy on matched pairs instead of vanishing.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def best_threshold(scores: np.ndarray, same: np.ndarray) -> tuple[float, float]:
+    """Threshold maximising accuracy of ``score >= t``; returns (threshold, accuracy).
+
+    Candidates are midpoints between consecutive distinct finite scores (plus both ends).
+    """
+    scores = np.asarray(scores, np.float64)
+    same = np.asarray(same, bool)
+    finite = np.unique(scores[np.isfinite(scores)])
+    if len(finite) == 0:
+        return np.inf, float((~same).mean())
+    cands = np.concatenate([[finite[0] - 1.0], (finite[:-1] + finite[1:]) / 2, [finite[-1] + 1.0]])
+    order = np.argsort(scores, kind="stable")
+    s_sorted, y_sorted = scores[order], same[order]
+    # accuracy(t) = (#same with s>=t + #diff with s<t) / n, via cumulative counts
+    idx = np.searchsorted(s_sorted, cands, side="left")  # number of scores < t
+    diff_below = np.concatenate([[0], np.cumsum(~y_sorted)])[idx]
+    same_below = np.concatenate([[0], np.cumsum(y_sorted)])[idx]
+    acc = (diff_below + (same.sum() - same_below)) / len(scores)
+    k = int(np.argmax(acc))
+    return float(cands[k]), float(acc[k])
+
+
+def kfold_accuracy(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> dict:
+    """LFW protocol: threshold chosen on the other folds, accuracy measured on the held-out fold."""
+    scores, same, folds = np.asarray(scores, np.float64), np.asarray(same, bool), np.asarray(folds)
+    accs, thrs = [], []
+    for f in np.unique(folds):
+        test = folds == f
+        t, _ = best_threshold(scores[~test], same[~test])
+        accs.append(float(((scores[test] >= t) == same[test]).mean()))
+        thrs.append(t)
+    return {"accuracy": float(np.mean(accs)), "std": float(np.std(accs)), "fold_accuracies": accs,
+            "thresholds": thrs}
+
+
+def roc(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(far, tar, threshold) for every distinct threshold, sorted by increasing FAR."""
+    scores, same = np.asarray(scores, np.float64), np.asarray(same, bool)
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], same[order]
+    tp, fp = np.cumsum(y), np.cumsum(~y)
+    last = np.r_[s[1:] != s[:-1], True]  # keep the last index of each tied run
+    tar = np.r_[0.0, tp[last] / max(y.sum(), 1)]
+    far = np.r_[0.0, fp[last] / max((~y).sum(), 1)]
+    thr = np.r_[np.inf, s[last]]
+    return far, tar, thr
+
+
+def tar_at_far(scores: np.ndarray, same: np.ndarray, far_target: float) -> tuple[float, float]:
+    """Highest TAR whose FAR <= far_target; returns (tar, threshold)."""
+    far, tar, thr = roc(scores, same)
+    ok = np.flatnonzero(far <= far_target + 1e-12)
+    k = ok[-1]
+    return float(tar[k]), float(thr[k])
+
+
+def verification_report(scores: np.ndarray, same: np.ndarray, folds: np.ndarray,
+                        fars: tuple[float, ...] = (1e-2, 1e-3)) -> dict:
+    """Every figure the evaluation tables print, as plain JSON-able values."""
+    out = kfold_accuracy(scores, same, folds)
+    out["n_pairs"] = int(len(scores))
+    out["n_unscored"] = int((~np.isfinite(np.asarray(scores, np.float64))).sum())
+    for f in fars:
+        out[f"tar@far={f:g}"] = tar_at_far(scores, same, f)[0]
+    return out

@@ -1,0 +1,1 @@
+"""Training, data preparation and evaluation (needs the ``train`` extra)."""

@@ -51,6 +51,8 @@ class Affine(nn.Module):
 
 def add_prev(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """dlib's ``add_prev_``: sum after zero-padding both to the larger C/H/W (top-left aligned)."""
+    if a.shape[1:] == b.shape[1:]:
+        return a + b
     c, h, w = (max(a.shape[i], b.shape[i]) for i in (1, 2, 3))
 
     def pad(t: torch.Tensor) -> torch.Tensor:

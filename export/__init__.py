@@ -1,0 +1,1 @@
+"""Export: ONNX, quantization, TensorRT engines (needs the export extra)."""

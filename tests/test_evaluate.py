@@ -1,0 +1,59 @@
+import json
+
+import numpy as np
+
+from maskfr.training.data import Pair
+from maskfr.training.evaluate import box_iou, evaluate
+
+
+def _fake_cache(n_people=20, per=3, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_people, 16))
+    paths, ids, clean, masked = [], [], [], []
+    for p in range(n_people):
+        for k in range(per):
+            paths.append(f"/x/p{p}_{k}.jpg")
+            ids.append(f"p{p}")
+            clean.append(centres[p] + 0.2 * rng.normal(size=16))
+            masked.append(centres[p] + 1.5 * rng.normal(size=16))  # masks hurt
+    n = len(paths)
+    box = np.tile([10, 10, 50, 50], (n, 1)).astype(np.float32)
+    box_m = box.copy()
+    box_m[::4] = -1  # every 4th masked face is missed by the detector
+    cache = {"path": np.array(paths), "identity": np.array(ids), "found": np.ones(n, bool),
+             "found_masked": box_m[:, 0] >= 0, "box": box, "box_masked": box_m}
+    norm = lambda x: np.array(x) / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    return cache, norm(clean), norm(masked)
+
+
+def _pairs(cache, n=200, seed=1):
+    rng = np.random.default_rng(seed)
+    ids, out = cache["identity"], []
+    for i in range(n):
+        a = rng.integers(len(ids))
+        cands = np.flatnonzero((ids == ids[a]) if i % 2 == 0 else (ids != ids[a]))
+        cands = cands[cands != a]
+        out.append(Pair(cache["path"][a], cache["path"][rng.choice(cands)], i % 2 == 0, i * 10 // n))
+    return out
+
+
+def test_evaluate_reports_every_setting(tmp_path):
+    cache, clean, masked = _fake_cache()
+    pairs = _pairs(cache)
+    rep = evaluate(lambda m: masked if m else clean, cache, pairs, tmp_path, "fake")
+    s = rep["settings"]
+    assert set(s) == {"unmasked-unmasked", "masked-unmasked", "masked-masked"}
+    assert s["unmasked-unmasked"]["accuracy"] > 0.95
+    assert s["masked-masked"]["accuracy"] < s["masked-unmasked"]["accuracy"] < s["unmasked-unmasked"]["accuracy"]
+    # end-to-end scoring counts missed masked faces as rejections: never better than oracle alignment
+    assert s["masked-masked"]["end_to_end"]["n_unscored"] > 0
+    assert s["unmasked-unmasked"]["end_to_end"]["n_unscored"] == 0
+    assert rep["detection"]["rate_unmasked"] == 1.0 and 0.7 < rep["detection"]["rate_masked"] < 0.8
+    assert json.loads((tmp_path / "fake.json").read_text())["pairs"] == len(pairs)
+    assert (tmp_path / "fake_roc.png").stat().st_size > 1000
+
+
+def test_box_iou():
+    a = np.array([[0, 0, 10, 10], [0, 0, 10, 10]], np.float32)
+    b = np.array([[5, 0, 15, 10], [-1, -1, -1, -1]], np.float32)
+    np.testing.assert_allclose(box_iou(a, b), [50 / 150, 0.0])

@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import draw_face, face_landmarks
+
+from maskfr.training.masks import MaskSynth, face_anchors, load_templates
+
+COVERED = [30, 33, 51, 57, 62, 66, 8]  # nose tip (its lower side), lips, chin
+EYES = list(range(36, 48))
+
+
+def _check_coverage(occ: np.ndarray, lm: np.ndarray) -> None:
+    inner = lm[[33, 51, 57, 62, 66]]
+    chin = lm[57] + 0.7 * (lm[8] - lm[57])  # between lower lip and chin tip
+    for p in np.vstack([inner, chin[None]]):
+        assert occ[int(round(p[1])), int(round(p[0]))], f"point {p} not covered"
+    for p in lm[EYES]:
+        assert not occ[int(round(p[1])), int(round(p[0]))], f"eye point {p} covered"
+
+
+def test_anchors_on_jaw():
+    lm = face_landmarks()
+    a, b, c, d, e, f = face_anchors(lm)
+    assert a[0] < lm[30, 0] < c[0] and d[0] < lm[57, 0] < f[0]
+    assert abs(a[1] - lm[30, 1]) < 6 and abs(d[1] - lm[57, 1]) < 6  # same height on an upright face
+    np.testing.assert_allclose(e, lm[8])
+
+
+@pytest.mark.parametrize("angle", [0.0, 0.25, -0.3])
+def test_procedural_masks_cover_nose_to_chin_not_eyes(tmp_path, angle):
+    synth = MaskSynth(None)
+    lm = face_landmarks(angle=angle)
+    img = draw_face(lm)
+    sheet = []
+    for seed in range(24):
+        masked, occ = synth(img, lm, np.random.default_rng(seed))
+        assert masked.shape == img.shape and masked.dtype == np.uint8 and occ.dtype == bool
+        _check_coverage(occ, lm)
+        assert (masked[occ] != img[occ]).any() and (masked[~occ & (occ == 0)] == img[~occ]).mean() > 0.9
+        sheet.append(masked)
+    path = tmp_path / "contact_sheet.png"
+    cv2.imwrite(str(path), np.vstack([np.hstack(sheet[r * 6:(r + 1) * 6]) for r in range(4)]))
+    assert cv2.imread(str(path)).shape == (4 * img.shape[0], 6 * img.shape[1], 3)
+
+
+def test_deterministic_under_seed_and_varied_across_seeds():
+    synth = MaskSynth(None)
+    lm = face_landmarks()
+    img = draw_face(lm)
+    a1, o1 = synth(img, lm, np.random.default_rng(5))
+    a2, o2 = synth(img, lm, np.random.default_rng(5))
+    np.testing.assert_array_equal(a1, a2)
+    np.testing.assert_array_equal(o1, o2)
+    outs = {synth(img, lm, np.random.default_rng(s))[0].tobytes() for s in range(10)}
+    assert len(outs) == 10
+
+
+def test_templates_from_shared_data(shared_data):
+    root = shared_data / "masks"
+    templates = load_templates(root)
+    assert len(templates) >= 10 and {t.view < 0.35 for t in templates} == {True, False}
+    synth = MaskSynth(root, p_template=1.0)
+    lm = face_landmarks()
+    img = draw_face(lm)
+    for seed in range(12):
+        _, occ = synth(img, lm, np.random.default_rng(seed))
+        _check_coverage(occ, lm)
+
+
+def test_template_without_alpha_is_rejected(tmp_path):
+    (tmp_path / "templates").mkdir()
+    cv2.imwrite(str(tmp_path / "templates" / "x.png"), np.zeros((10, 10, 3), np.uint8))
+    (tmp_path / "masks.cfg").write_text("[x]\ntemplate: masks/templates/x.png\n" +
+                                        "".join(f"mask_{k}: 1, 2\n" for k in "abcdef"))
+    with pytest.raises(ValueError, match="alpha"):
+        load_templates(tmp_path)
+    assert Path(tmp_path / "masks.cfg").exists()

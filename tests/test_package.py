@@ -1,0 +1,16 @@
+import subprocess
+import sys
+
+
+def test_runtime_imports_without_torch():
+    code = "import sys, maskfr, maskfr.metrics, maskfr.align, maskfr.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_cli_help_and_bad_input_exit_code(tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "maskfr.cli", "--help"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "mask" in ok.stdout and "eval" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "maskfr.cli", "mask", str(tmp_path / "nope"), str(tmp_path / "o")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr

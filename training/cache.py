@@ -1,0 +1,143 @@
+"""Aligned-face cache: detect once, store aligned crops for training and evaluation.
+
+For every image we store (all uint8 RGB unless noted):
+
+* ``img112`` / ``img112_masked``: the canonical 112x112 ArcFace crop, unmasked and
+  with a synthetic mask drawn on the full image (seeded by the image index, so the
+  masked set is the same every run); ``occ112``: the mask's occlusion map.
+* ``chip150`` / ``chip150_masked``: dlib's own 150x150 chip (teacher input).
+* ``lm68_112``: the 68 landmarks in crop coordinates, so training can draw fresh
+  masks on the crops every epoch without detecting again.
+* ``found`` / ``found_masked``, ``box`` / ``box_masked``: did dlib's HOG detector
+  find the face (nearest the centre), unmasked and masked; ``box_masked`` is all -1
+  when nothing was found. Alignment always uses the unmasked landmarks (the
+  "oracle" alignment); when HOG misses the unmasked face, landmarks are fitted in
+  a fallback centre box and ``found`` is False — counted, never dropped.
+
+Work is done in chunks saved as they finish, so an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from maskfr.align import similarity_transform, template, warp_face
+from maskfr.training.data import Sample
+
+CHUNK = 256
+CACHE_ROOT = Path.home() / ".cache" / "maskfr"
+FIELDS = ("img112", "img112_masked", "occ112", "chip150", "chip150_masked", "lm68_112", "found", "found_masked",
+          "box", "box_masked", "score")
+
+
+def read_rgb(path: str) -> np.ndarray:
+    """Read an image file as RGB uint8, with an error that names the file."""
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"cannot read image {path!r} (missing, corrupt or not an image)")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _dlib_chip(img: np.ndarray, lm68: np.ndarray) -> np.ndarray:
+    import dlib
+    rect = dlib.rectangle(0, 0, img.shape[1], img.shape[0])
+    shape = dlib.full_object_detection(rect, [dlib.point(int(round(x)), int(round(y))) for x, y in lm68])
+    return np.asarray(dlib.get_face_chip(img, shape, size=150, padding=0.25))
+
+
+def _detect(img: np.ndarray, upsample: int) -> tuple[np.ndarray, float]:
+    from maskfr.training.dlib_models import hog_detector
+    dets, scores, _ = hog_detector().run(img, upsample, 0.0)
+    if not dets:
+        return np.full(4, -1, np.float32), 0.0
+    h, w = img.shape[:2]
+    k = int(np.argmin([(d.center().x - w / 2) ** 2 + (d.center().y - h / 2) ** 2 for d in dets]))
+    d = dets[k]
+    return np.array([d.left(), d.top(), d.right(), d.bottom()], np.float32), float(scores[k])
+
+
+def process_one(path: str, index: int, synth, upsample: int = 1) -> dict:
+    from maskfr.training.dlib_models import five_from_68, shape_predictor
+    import dlib
+    img = read_rgb(path)
+    h, w = img.shape[:2]
+    box, score = _detect(img, upsample)
+    found = bool(box[0] >= 0)
+    rect_box = box if found else np.array([w * 0.27, h * 0.27, w * 0.73, h * 0.73], np.float32)
+    shape = shape_predictor(68)(img, dlib.rectangle(*[int(v) for v in rect_box]))
+    lm68 = np.array([[p.x, p.y] for p in shape.parts()], np.float32)
+    masked, occ = synth(img, lm68, np.random.default_rng(index))
+    box_m, _ = _detect(masked, upsample)
+    M = similarity_transform(five_from_68(lm68), template(112))
+    lm112 = (lm68 @ M[:, :2].T + M[:, 2]).astype(np.float32)
+    return {
+        "img112": warp_face(img, M), "img112_masked": warp_face(masked, M),
+        "occ112": warp_face(occ.astype(np.uint8), M), "chip150": _dlib_chip(img, lm68),
+        "chip150_masked": _dlib_chip(masked, lm68), "lm68_112": lm112, "found": found,
+        "found_masked": bool(box_m[0] >= 0), "box": box, "box_masked": box_m, "score": score,
+    }
+
+
+_SYNTH = None
+
+
+def _init(masks_root):
+    global _SYNTH
+    from maskfr.training.masks import MaskSynth
+    _SYNTH = MaskSynth(masks_root)
+
+
+def _work(args):
+    path, index = args
+    return process_one(path, index, _SYNTH)
+
+
+def cache_key(samples: list[Sample], masks_root) -> str:
+    h = hashlib.sha1(json.dumps([[s.path, s.identity] for s in samples] + [str(masks_root), 2]).encode())
+    return h.hexdigest()[:12]
+
+
+def build(samples: list[Sample], out: str | Path, masks_root: str | Path | None, workers: int = 2) -> Path:
+    """Build (or resume) the cache for these samples at ``out`` (.npz); returns its path."""
+    from tqdm import tqdm
+    out = Path(out)
+    if out.exists():
+        return out
+    parts = out.with_suffix(f".parts-{cache_key(samples, masks_root)}")
+    parts.mkdir(parents=True, exist_ok=True)
+    todo = [i for i in range(0, len(samples), CHUNK) if not (parts / f"{i:07d}.npz").exists()]
+    ctx = mp.get_context("fork")
+    with ctx.Pool(workers, initializer=_init, initargs=(masks_root,)) as pool, \
+            tqdm(total=len(samples), initial=len(samples) - sum(min(CHUNK, len(samples) - i) for i in todo),
+                 desc=f"cache {out.name}", unit="img") as bar:
+        for start in todo:
+            idx = range(start, min(start + CHUNK, len(samples)))
+            rows = []
+            for r in pool.imap(_work, [(samples[i].path, i) for i in idx], chunksize=4):
+                rows.append(r)
+                bar.update()
+            tmp = parts / f"{start:07d}.tmp.npz"
+            np.savez(tmp, **{k: np.stack([r[k] for r in rows]) for k in FIELDS})
+            tmp.rename(parts / f"{start:07d}.npz")
+    chunks = [np.load(parts / f"{i:07d}.npz") for i in range(0, len(samples), CHUNK)]
+    merged = {k: np.concatenate([c[k] for c in chunks]) for k in FIELDS}
+    merged["path"] = np.array([s.path for s in samples])
+    merged["identity"] = np.array([s.identity for s in samples])
+    tmp = out.with_suffix(".tmp.npz")
+    np.savez(tmp, **merged)
+    tmp.rename(out)
+    for p in parts.iterdir():
+        p.unlink()
+    parts.rmdir()
+    return out
+
+
+def load(path: str | Path) -> dict[str, np.ndarray]:
+    """Load a cache into memory (plain arrays; no pickled objects)."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}

@@ -1,0 +1,56 @@
+"""Embedding functions for evaluation: dlib's recogniser (the teacher) or any exported ONNX model.
+
+Each takes the cache (dict of arrays) and returns ``embed(masked) -> (N, d)``
+L2-normalised float32, cached on disk under ``~/.cache/maskfr`` because the
+dlib teacher costs ~0.1 s per face on a CPU.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+CACHE_DIR = Path.home() / ".cache" / "maskfr"
+
+
+def l2n(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _cached(tag: str, cache: dict, compute: Callable[[np.ndarray], np.ndarray], key: str) -> np.ndarray:
+    digest = hashlib.sha1("\n".join(cache["path"].tolist()).encode() + key.encode()).hexdigest()[:12]
+    path = CACHE_DIR / f"emb-{tag}-{digest}.npy"
+    if path.exists():
+        return np.load(path)
+    out = l2n(compute(cache[key]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, out)
+    tmp.rename(path)
+    return out
+
+
+def dlib_embedder(cache: dict) -> Callable[[bool], np.ndarray]:
+    """dlib's ResNet via dlib itself, on its own 150x150 chips."""
+    from maskfr.training.dlib_models import dlib_embed
+    return lambda masked: _cached("dlib", cache, dlib_embed, "chip150_masked" if masked else "chip150")
+
+
+def onnx_embedder(model: str | Path, batch: int = 64) -> Callable[[dict], Callable[[bool], np.ndarray]]:
+    """An exported student (112x112 ArcFace crops, RGB, (x-127.5)/127.5) under ONNX Runtime."""
+    import onnxruntime as ort
+
+    from maskfr.align import to_input
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+
+    def run(imgs: np.ndarray) -> np.ndarray:
+        return np.concatenate([sess.run(None, {name: to_input(imgs[i:i + batch])})[0]
+                               for i in range(0, len(imgs), batch)])
+
+    def make(cache: dict) -> Callable[[bool], np.ndarray]:
+        return lambda masked: l2n(run(cache["img112_masked" if masked else "img112"]))
+    return make

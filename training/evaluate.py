@@ -1,0 +1,108 @@
+"""LFW verification on unmasked and synthetic-masked faces, plus detection rates.
+
+Three settings per model: unmasked<->unmasked, masked<->unmasked (first image of
+each pair masked) and masked<->masked. Alignment uses landmarks found on the
+unmasked image ("oracle" alignment) so recognition is measured on its own; the
+"end-to-end" rows instead score a pair -inf when dlib's detector misses either
+face, so detection failures show up as errors and are never dropped.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from maskfr.metrics import roc, verification_report
+from maskfr.training.data import LFW, Pair
+
+SETTINGS = {"unmasked-unmasked": (False, False), "masked-unmasked": (True, False), "masked-masked": (True, True)}
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of (N,4) boxes (l, t, r, b), row by row."""
+    lt = np.maximum(a[:, :2], b[:, :2])
+    rb = np.minimum(a[:, 2:], b[:, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(1)
+    area = lambda x: np.clip(x[:, 2:] - x[:, :2], 0, None).prod(1)  # noqa: E731
+    return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
+
+
+def detection_report(cache: dict[str, np.ndarray], rows: np.ndarray) -> dict:
+    """How often dlib HOG finds the face, unmasked and masked (IoU >= 0.5 with the unmasked box)."""
+    found = cache["found"][rows]
+    hit_m = cache["found_masked"][rows] & (box_iou(cache["box"][rows], cache["box_masked"][rows]) >= 0.5) & found
+    return {"images": int(len(rows)), "found_unmasked": int(found.sum()), "rate_unmasked": float(found.mean()),
+            "found_masked": int(hit_m.sum()), "rate_masked": float(hit_m.sum() / max(found.sum(), 1))}
+
+
+def pair_index(pairs: list[Pair], paths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pos = {p: i for i, p in enumerate(paths)}
+    missing = [p.a for p in pairs if p.a not in pos] + [p.b for p in pairs if p.b not in pos]
+    if missing:
+        raise KeyError(f"{len(missing)} pair images are not in the cache, e.g. {missing[0]}")
+    return np.array([pos[p.a] for p in pairs]), np.array([pos[p.b] for p in pairs])
+
+
+def evaluate(embed: Callable[[bool], np.ndarray], cache: dict[str, np.ndarray], pairs: list[Pair],
+             out_dir: str | Path | None = None, name: str = "model") -> dict:
+    """Verification report for every setting. ``embed(masked)`` returns L2-normalised embeddings of
+    every cached face (masked or not), row-aligned with the cache."""
+    ia, ib = pair_index(pairs, cache["path"])
+    same = np.array([p.same for p in pairs])
+    folds = np.array([p.fold for p in pairs])
+    emb = {False: embed(False), True: embed(True)}
+    detected = {False: cache["found"],
+                True: cache["found_masked"] & (box_iou(cache["box"], cache["box_masked"]) >= 0.5)}
+    report = {"model": name, "pairs": int(len(pairs)), "folds": sorted(int(f) + 1 for f in np.unique(folds)),
+              "detection": detection_report(cache, np.unique(np.r_[ia, ib])), "settings": {}}
+    curves = {}
+    for setting, (ma, mb) in SETTINGS.items():
+        scores = np.sum(emb[ma][ia] * emb[mb][ib], axis=1).astype(np.float64)
+        r = verification_report(scores, same, folds)
+        e2e = np.where(detected[ma][ia] & detected[mb][ib], scores, -np.inf)
+        r["end_to_end"] = verification_report(e2e, same, folds)
+        report["settings"][setting] = r
+        curves[setting] = roc(scores, same)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{name}.json").write_text(json.dumps(report, indent=1))
+        _plot_roc(curves, out / f"{name}_roc.png", name)
+    return report
+
+
+def _plot_roc(curves: dict, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for setting, (far, tar, _) in curves.items():
+        ax.plot(np.maximum(far, 1e-4), tar, label=setting)
+    ax.set(xscale="log", xlabel="FAR", ylabel="TAR", title=title, xlim=(1e-4, 1), ylim=(0, 1.01))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def markdown_rows(report: dict) -> list[str]:
+    """One table row per setting: accuracy ± std, TAR@FAR, end-to-end accuracy."""
+    rows = []
+    for setting, r in report["settings"].items():
+        rows.append(f"| {report['model']} | {setting} | {100 * r['accuracy']:.2f} ± {100 * r['std']:.2f} | "
+                    f"{100 * r['tar@far=0.01']:.2f} | {100 * r['tar@far=0.001']:.2f} | "
+                    f"{100 * r['end_to_end']['accuracy']:.2f} |")
+    return rows
+
+
+TABLE_HEADER = ["| model | pairs | accuracy % (10-fold) | TAR@FAR1e-2 % | TAR@FAR1e-3 % | end-to-end acc % |",
+                "|---|---|---|---|---|---|"]
+
+
+def lfw_pairs(root: str | Path, folds: list[int] | None = None) -> list[Pair]:
+    """View-2 pairs, optionally only some folds (1-based, as people.txt numbers them)."""
+    pairs = LFW(root).pairs()
+    return pairs if folds is None else [p for p in pairs if p.fold + 1 in folds]

@@ -1,0 +1,223 @@
+"""Synthetic face masks driven by 68-point landmarks.
+
+Two families, mixed at random so models don't learn one template:
+
+* template masks: MaskTheFace's RGBA templates warped onto the face by a
+  homography from their six anchor points, with colour/brightness jitter and
+  texture blending; the view (front/left/right) is chosen from the head yaw.
+* procedural masks (as in the SRT paper): polygons following the jaw, ellipses
+  and trapezoids in random colours, patterns or textures, with shading and
+  optional straps. These need no data files.
+
+Every call returns the masked image and the binary occlusion map; it is
+deterministic for a given ``numpy.random.Generator`` state.
+"""
+from __future__ import annotations
+
+import configparser
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ANCHOR_KEYS = ("mask_a", "mask_b", "mask_c", "mask_d", "mask_e", "mask_f")
+
+
+@dataclass
+class Template:
+    name: str
+    rgba: np.ndarray  # (H, W, 4) uint8, RGB order
+    anchors: np.ndarray  # (6, 2) float32: a..f in template pixels
+    view: float  # where the nose bridge sits between the jaw points (0.5 = frontal)
+
+
+def load_templates(masks_root: str | Path) -> list[Template]:
+    """Parse ``masks.cfg`` and its templates (sections without a template are skipped)."""
+    root = Path(masks_root)
+    cfg = configparser.ConfigParser(inline_comment_prefixes=(";",))
+    cfg.read(root / "masks.cfg")
+    out = []
+    for sec in cfg.sections():
+        if "template" not in cfg[sec]:
+            continue
+        path = root / Path(cfg[sec]["template"]).relative_to("masks")
+        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if img is None or img.ndim != 3 or img.shape[2] != 4:
+            raise ValueError(f"mask template {path} is missing or has no alpha channel")
+        pts = np.array([[float(v) for v in cfg[sec][k].split(",")] for k in ANCHOR_KEYS], np.float32)
+        view = (pts[1, 0] - pts[0, 0]) / max(pts[2, 0] - pts[0, 0], 1e-6)
+        out.append(Template(sec, cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA), pts, float(view)))
+    return out
+
+
+def load_textures(masks_root: str | Path) -> list[np.ndarray]:
+    """Every texture image under ``textures/`` as RGB uint8."""
+    out = []
+    for p in sorted((Path(masks_root) / "textures").rglob("*")):
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR) if p.suffix.lower() in (".png", ".jpg", ".jpeg") else None
+        if img is not None:
+            out.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+    return out
+
+
+def _cross_jaw(lm: np.ndarray, through: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where the line through ``through``, perpendicular to the face axis, meets the jaw (left, right)."""
+    axis = lm[8] - lm[27]
+    u = np.array([axis[1], -axis[0]]) / (np.linalg.norm(axis) + 1e-9)  # across the face
+    hits = []
+    for side in (range(0, 8), range(8, 16)):
+        best = None
+        for i in side:
+            p, q = lm[i], lm[i + 1]
+            d = q - p
+            den = u[0] * d[1] - u[1] * d[0]
+            if abs(den) < 1e-9:
+                continue
+            w = p - through
+            s = -(u[0] * w[1] - u[1] * w[0]) / den  # position along the jaw segment
+            if best is None and -0.05 <= s <= 1.05:
+                best = p + s * d
+        hits.append(best)
+    left = hits[0] if hits[0] is not None else lm[2]
+    right = hits[1] if hits[1] is not None else lm[14]
+    return np.asarray(left, np.float32), np.asarray(right, np.float32)
+
+
+def face_anchors(lm68: np.ndarray) -> np.ndarray:
+    """The six mask anchor points a..f on a face (see masks/README): jaw at nose tip, nose bridge,
+    jaw at lower lip, chin."""
+    lm = np.asarray(lm68, np.float32)
+    a, c = _cross_jaw(lm, lm[30])
+    d, f = _cross_jaw(lm, lm[57])
+    return np.stack([a, lm[28], c, d, lm[8], f]).astype(np.float32)
+
+
+def _blend(img: np.ndarray, rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    a = alpha[..., None]
+    return np.clip(img.astype(np.float32) * (1 - a) + rgb * a, 0, 255).astype(np.uint8)
+
+
+class MaskSynth:
+    """Random mask painter. ``masks_root`` adds MaskTheFace templates and textures."""
+
+    def __init__(self, masks_root: str | Path | None = None, p_template: float = 0.5):
+        self.templates = load_templates(masks_root) if masks_root else []
+        self.textures = load_textures(masks_root) if masks_root else []
+        self.p_template = p_template if self.templates else 0.0
+
+    def __call__(self, img: np.ndarray, lm68: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Masked copy of an RGB uint8 image and its occlusion map (bool HxW)."""
+        lm = np.asarray(lm68, np.float32)
+        if rng.random() < self.p_template:
+            rgb, alpha = self._template(img.shape[:2], lm, rng)
+        else:
+            rgb, alpha = self._procedural(img.shape[:2], lm, rng)
+        # global brightness of the mask follows a random light level, as real photos do
+        rgb = rgb * rng.uniform(0.7, 1.1)
+        return _blend(img, rgb, alpha), alpha > 0.5
+
+    # -- fills -------------------------------------------------------------------------------
+    def _fill(self, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+        h, w = shape
+        kind = rng.choice(["solid", "stripes", "check", "noise", "texture"] if self.textures else
+                          ["solid", "stripes", "check", "noise"], p=None)
+        c1 = cv2.cvtColor(np.uint8([[[rng.integers(0, 180), rng.integers(0, 256), rng.integers(40, 256)]]]),
+                          cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+        if kind == "solid":
+            return np.broadcast_to(c1, (h, w, 3)).copy()
+        c2 = rng.uniform(0, 255, 3).astype(np.float32)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        period = rng.uniform(4, 20) * max(h, w) / 112
+        theta = rng.uniform(0, np.pi)
+        if kind == "stripes":
+            sel = (np.cos(theta) * xx + np.sin(theta) * yy) // period % 2 == 0
+        elif kind == "check":
+            sel = ((xx // period) + (yy // period)) % 2 == 0
+        elif kind == "noise":
+            small = rng.random((max(2, int(h / period)), max(2, int(w / period))))
+            sel = cv2.resize(small.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) > 0.5
+        else:
+            tex = self.textures[rng.integers(len(self.textures))].astype(np.float32)
+            scale = rng.uniform(0.2, 1.0) * max(h, w) / max(tex.shape[:2])
+            tex = cv2.resize(tex, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            reps = (h // tex.shape[0] + 1, w // tex.shape[1] + 1, 1)
+            return np.tile(tex, reps)[:h, :w].copy()
+        return np.where(sel[..., None], c1, c2)
+
+    # -- template masks ----------------------------------------------------------------------
+    def _template(self, shape, lm, rng):
+        h, w = shape
+        face = face_anchors(lm)
+        view = float(np.dot(face[1] - face[0], face[2] - face[0]) / (np.sum((face[2] - face[0]) ** 2) + 1e-9))
+        views = np.array([t.view for t in self.templates])
+        near = np.flatnonzero(np.abs(views - views[np.argmin(np.abs(views - view))]) < 1e-3)
+        tpl = self.templates[int(rng.choice(near))]
+        width = np.linalg.norm(face[2] - face[0])
+        face = face + rng.normal(0, 0.025 * width, face.shape).astype(np.float32)  # placement jitter
+        face[1] += (lm[29] - lm[28]) * rng.uniform(-0.8, 1.0)  # top edge higher or lower on the nose
+        H, _ = cv2.findHomography(tpl.anchors, face, 0)
+        if H is None:
+            return self._procedural(shape, lm, rng)
+        rgba = cv2.warpPerspective(tpl.rgba, H, (w, h), flags=cv2.INTER_LINEAR, borderValue=0).astype(np.float32)
+        rgb, alpha = rgba[..., :3], rgba[..., 3] / 255.0
+        r = rng.random()
+        if r < 0.35:  # recolour: keep the template's shading, change its colour
+            lum = rgb.mean(-1, keepdims=True) / 255.0
+            rgb = lum * self._fill((h, w), rng) * rng.uniform(0.8, 1.2)
+        elif r < 0.55 and self.textures:
+            tex = self._fill((h, w), rng)
+            k = rng.uniform(0.3, 0.8)
+            rgb = rgb * (1 - k) + tex * k * rgb.mean(-1, keepdims=True) / 255.0
+        return rgb, alpha
+
+    # -- procedural masks --------------------------------------------------------------------
+    def _procedural(self, shape, lm, rng):
+        h, w = shape
+        a, b, c, d, e, f = face_anchors(lm)
+        width = np.linalg.norm(c - a)
+        down = (e - b) / (np.linalg.norm(e - b) + 1e-9)
+        top = lm[28] + (lm[30] - lm[28]) * rng.uniform(0.0, 0.7)  # from upper nose to just above the tip
+        grow = rng.uniform(0.0, 0.08) * width
+        kind = rng.choice(["jaw", "ellipse", "trapezoid"])
+        if kind == "jaw":
+            jaw = lm[2:15].copy()
+            centre = jaw.mean(0)
+            jaw = jaw + (jaw - centre) / (np.linalg.norm(jaw - centre, axis=1, keepdims=True) + 1e-9) * grow
+            jaw[6] += down * rng.uniform(0, 0.1) * width
+            left, right = top + (a - lm[30]), top + (c - lm[30])
+            poly = np.vstack([left, jaw, right, top - down * rng.uniform(0, 0.08) * width])
+        elif kind == "ellipse":
+            centre = (top + e) / 2 + down * rng.uniform(0, 0.05) * width
+            axes = (width * rng.uniform(0.5, 0.62) + grow, np.linalg.norm(e - top) * rng.uniform(0.52, 0.62))
+            ang = np.degrees(np.arctan2(-down[0], down[1]))
+            poly = cv2.ellipse2Poly((int(centre[0]), int(centre[1])), (int(axes[0]), int(axes[1])), int(ang),
+                                    0, 360, 10).astype(np.float32)
+        else:
+            k = rng.uniform(0.75, 1.0)
+            left, right = top + (a - lm[30]) * k, top + (c - lm[30]) * k
+            bot = e + down * rng.uniform(0.0, 0.12) * width
+            half = (c - a) / 2 * rng.uniform(0.6, 1.0)
+            poly = np.vstack([left, right, bot + half, bot - half])
+        alpha = np.zeros((h, w), np.float32)
+        cv2.fillPoly(alpha, [np.round(poly * 16).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=4)
+        rgb = self._fill((h, w), rng)
+        # soft shading across the face so the mask isn't a flat cut-out
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        g = 1 + rng.uniform(-0.15, 0.15) * (xx - lm[30][0]) / (width + 1e-6) \
+            + rng.uniform(-0.15, 0.15) * (yy - lm[30][1]) / (width + 1e-6)
+        rgb = rgb * g[..., None]
+        if rng.random() < 0.5:  # straps to the ears
+            col = tuple(float(v) for v in rng.uniform(0, 255, 3))
+            t = max(1, int(round(width * rng.uniform(0.01, 0.03))))
+            strap = np.zeros((h, w), np.float32)
+            for p, q in ((a, lm[0]), (c, lm[16])):
+                cv2.line(strap, tuple(int(v) for v in p), tuple(int(v) for v in q), 1.0, t, cv2.LINE_AA)
+            rgb = np.where(strap[..., None] > alpha[..., None], np.array(col, np.float32), rgb)
+            alpha = np.maximum(alpha, strap)
+        return rgb, alpha
+
+
+def mask_image(img: np.ndarray, lm68: np.ndarray, synth: MaskSynth, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic masked copy (same seed, same mask)."""
+    return synth(img, lm68, np.random.default_rng(seed))

@@ -1,0 +1,126 @@
+#include "preprocess_cuda.h"
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+
+namespace maskfr::cuda {
+namespace {
+
+void check(cudaError_t err, const char* what) {
+    if (err != cudaSuccess) {
+        throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorName(err) + ": " +
+                                 cudaGetErrorString(err));
+    }
+}
+#define MFR_CUDA_CHECK(expr) check((expr), #expr)
+
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
+
+// One thread per crop pixel; blockIdx.y is the face (offset by face0 for batches > 65535).
+template <typename T>
+__global__ void warp_kernel(const FaceJob* jobs, int face0, int size, int vec_end, T* out) {
+    const int pixel = blockIdx.x * blockDim.x + threadIdx.x;
+    const int plane = size * size;
+    if (pixel >= plane) return;
+    const int n = face0 + static_cast<int>(blockIdx.y);
+    std::uint8_t rgb[3];
+    warp_pixel(jobs[n], pixel % size, pixel / size, vec_end, rgb);
+    T* dst = out + static_cast<std::int64_t>(n) * 3 * plane + pixel;
+    store(dst, normalise(rgb[0]));
+    store(dst + plane, normalise(rgb[1]));
+    store(dst + 2 * plane, normalise(rgb[2]));
+}
+
+// Pinned + device staging reused across calls. `done` marks the end of the last kernel that read
+// the device copy, so the next call waits on it before overwriting either buffer.
+struct Staging {
+    std::mutex mutex;
+    void* host = nullptr;
+    void* device = nullptr;
+    std::size_t capacity = 0;
+    cudaEvent_t done = nullptr;
+
+    void reserve(std::size_t bytes) {
+        if (!done) MFR_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+        MFR_CUDA_CHECK(cudaEventSynchronize(done));
+        if (bytes <= capacity) return;
+        const std::size_t grown = std::max(bytes, capacity * 2);
+        if (host) MFR_CUDA_CHECK(cudaFreeHost(host));
+        if (device) MFR_CUDA_CHECK(cudaFree(device));
+        host = device = nullptr;
+        capacity = 0;
+        MFR_CUDA_CHECK(cudaHostAlloc(&host, grown, cudaHostAllocDefault));
+        MFR_CUDA_CHECK(cudaMalloc(&device, grown));
+        capacity = grown;
+    }
+};
+
+Staging& staging() {
+    static Staging* s = new Staging();  // never destroyed: freeing CUDA memory at exit is unsafe
+    return *s;
+}
+
+constexpr std::size_t align_up(std::size_t v) { return (v + 255) & ~static_cast<std::size_t>(255); }
+
+}  // namespace
+
+bool available() {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+        cudaGetLastError();  // reset the runtime's last-error state so later calls start clean
+        return false;
+    }
+    return count > 0;
+}
+
+void preprocess(const std::vector<HostFrame>& frames, std::vector<FaceJob> jobs, int size, bool half,
+                std::uintptr_t out, std::uintptr_t stream_handle) {
+    if (jobs.empty()) return;
+    auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
+    const std::size_t jobs_bytes = align_up(jobs.size() * sizeof(FaceJob));
+    std::vector<std::size_t> offsets(frames.size());
+    std::size_t total = jobs_bytes;
+    for (std::size_t i = 0; i < frames.size(); ++i) {
+        offsets[i] = total;
+        total = align_up(total + static_cast<std::size_t>(frames[i].bytes));
+    }
+
+    Staging& s = staging();
+    std::lock_guard<std::mutex> lock(s.mutex);
+    s.reserve(total);
+    auto* host = static_cast<std::uint8_t*>(s.host);
+    auto* device = static_cast<std::uint8_t*>(s.device);
+    if (!frames.empty()) {
+        for (FaceJob& job : jobs) job.frame = device + offsets[reinterpret_cast<std::uintptr_t>(job.frame)];
+        for (std::size_t i = 0; i < frames.size(); ++i) {
+            std::memcpy(host + offsets[i], frames[i].data, static_cast<std::size_t>(frames[i].bytes));
+        }
+    }
+    std::memcpy(host, jobs.data(), jobs.size() * sizeof(FaceJob));
+    MFR_CUDA_CHECK(cudaMemcpyAsync(device, host, total, cudaMemcpyHostToDevice, stream));
+
+    const int threads = 256;
+    const int plane = size * size;
+    const int vec_end = size - size % kOpenCvLanes;
+    const auto* d_jobs = reinterpret_cast<const FaceJob*>(device);
+    constexpr int kMaxGridY = 65535;
+    for (int face0 = 0; face0 < static_cast<int>(jobs.size()); face0 += kMaxGridY) {
+        const dim3 grid((plane + threads - 1) / threads, std::min<int>(kMaxGridY, static_cast<int>(jobs.size()) - face0));
+        if (half) {
+            warp_kernel<__half><<<grid, threads, 0, stream>>>(d_jobs, face0, size, vec_end, reinterpret_cast<__half*>(out));
+        } else {
+            warp_kernel<float><<<grid, threads, 0, stream>>>(d_jobs, face0, size, vec_end, reinterpret_cast<float*>(out));
+        }
+        MFR_CUDA_CHECK(cudaGetLastError());
+    }
+    MFR_CUDA_CHECK(cudaEventRecord(s.done, stream));
+}
+
+}  // namespace maskfr::cuda

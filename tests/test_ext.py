@@ -1,0 +1,234 @@
+"""maskfr._ext (fused C++/CUDA preprocessing) against the canonical OpenCV + numpy path.
+
+The extension reproduces cv2.warpAffine's float32 arithmetic (see cpp_ext/src/warp_math.h), so
+every uint8 sample matches and float32 outputs are identical; the bound checked is the
+1e-3 budget (one uint8 step would be 1/127.5 = 7.8e-3, so it also proves the samples match).
+Without the extension these tests skip, unless MASKFR_REQUIRE_EXT=1 (CI), where they fail.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from maskfr import preprocess as pp
+from maskfr.align import similarity_transform, template, to_input, warp_face
+
+try:
+    from maskfr import _ext
+except ImportError as exc:
+    _ext = None
+    _EXT_ERROR = exc
+
+F32_TOL = 1e-3
+F16_TOL = 2.0**-11  # half an fp16 ulp in [0.5, 1): the coarsest rounding step of values in [-1, 1]
+
+
+@pytest.fixture
+def ext():
+    if _ext is None:
+        if os.environ.get("MASKFR_REQUIRE_EXT") == "1":
+            pytest.fail(f"MASKFR_REQUIRE_EXT=1 but maskfr._ext does not import: {_EXT_ERROR}")
+        pytest.skip(f"maskfr._ext not built: {_EXT_ERROR}")
+    return _ext
+
+
+def random_case(rng: np.random.Generator, n: int, shapes: list[tuple[int, int]], size: int = 112):
+    """Random frames and similarity matrices: any rotation, scale 0.1-4, centres up to 30% off-frame."""
+    frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in shapes]
+    idx = rng.integers(0, len(frames), n)
+    mats = np.empty((n, 2, 3))
+    for i, f in enumerate(idx):
+        h, w = frames[f].shape[:2]
+        angle, scale = rng.uniform(-np.pi, np.pi), np.exp(rng.uniform(np.log(0.1), np.log(4.0)))
+        rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        centre = rng.uniform(-0.3, 1.3, 2) * (w, h)
+        mats[i] = np.hstack([rot, (np.full(2, size / 2) - rot @ centre)[:, None]])
+    return frames, idx, mats
+
+
+def reference(frames, idx, mats, size: int = 112) -> np.ndarray:
+    """The canonical path, spelled out: warp_face, BGR->RGB, to_input."""
+    crops = [warp_face(frames[f], m, size)[..., ::-1] for f, m in zip(idx, mats)]
+    return to_input(np.stack(crops)) if crops else np.empty((0, 3, size, size), np.float32)
+
+
+SHAPES = [(479, 641), (37, 53), (1, 1), (2, 3), (480, 640)]
+
+
+@pytest.mark.parametrize("n", [1, 7, 64])
+def test_matches_reference(ext, n):
+    frames, idx, mats = random_case(np.random.default_rng(n), n, SHAPES)
+    out = np.full((n, 3, 112, 112), np.nan, np.float32)  # poison: every element must be written
+    got = ext.preprocess(frames, idx, mats, 112, np.float32, out)
+    assert got is out
+    assert np.isfinite(out).all()
+    assert np.abs(out - reference(frames, idx, mats)).max() <= F32_TOL
+
+
+def test_aligned_faces_exact(ext):
+    """The production case: 5-point similarity transforms onto the ArcFace template."""
+    rng = np.random.default_rng(5)
+    frame = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    base = template(112) * 1.7 + (250, 120)
+    mats = np.stack([similarity_transform(base + rng.normal(0, 3, base.shape), template(112)) for _ in range(16)])
+    got = ext.preprocess([frame], np.zeros(16, int), mats)
+    np.testing.assert_array_equal(got, reference([frame], np.zeros(16, int), mats))
+
+
+@pytest.mark.parametrize("size", [1, 37, 100, 113])
+def test_odd_crop_sizes(ext, size):
+    """Sizes that are not a multiple of 16 exercise OpenCV's scalar tail columns."""
+    frames, idx, mats = random_case(np.random.default_rng(size), 9, SHAPES, size)
+    got = ext.preprocess(frames, idx, mats, size)
+    assert got.shape == (9, 3, size, size)
+    assert np.abs(got - reference(frames, idx, mats, size)).max() <= F32_TOL
+
+
+def test_float16(ext):
+    frames, idx, mats = random_case(np.random.default_rng(16), 7, SHAPES)
+    out = np.full((7, 3, 112, 112), np.nan, np.float16)
+    got = ext.preprocess(frames, idx, mats, 112, np.float16, out)
+    assert got is out and np.isfinite(out).all()
+    assert np.abs(out.astype(np.float32) - reference(frames, idx, mats)).max() <= F16_TOL
+
+
+def test_threads_and_empty_batch(ext):
+    frames, idx, mats = random_case(np.random.default_rng(3), 20, SHAPES)
+    one = ext.preprocess(frames, idx, mats, num_threads=1)
+    np.testing.assert_array_equal(one, ext.preprocess(frames, idx, mats, num_threads=5))
+    assert ext.preprocess(frames, idx[:0], mats[:0]).shape == (0, 3, 112, 112)
+
+
+def test_baseline_kernel_matches(ext):
+    """The portable (non-AVX2) row kernel, forced in a child process, is exact too."""
+    code = (
+        "import numpy as np, sys; sys.path[:0] = {path!r}; import test_ext as t; from maskfr import _ext\n"
+        "f, i, m = t.random_case(np.random.default_rng(9), 12, t.SHAPES, 100)\n"
+        "assert _ext.cpu_kernel() == 'baseline', _ext.cpu_kernel()\n"
+        "assert np.abs(_ext.preprocess(f, i, m, 100) - t.reference(f, i, m, 100)).max() <= t.F32_TOL\n"
+    ).format(path=[os.path.dirname(__file__)])
+    env = dict(os.environ, MASKFR_CPU_KERNEL="baseline")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _bad_inputs():
+    ok = np.zeros((20, 30, 3), np.uint8)
+    m = np.tile(np.eye(2, 3), (2, 1, 1))
+    i = np.array([0, 0])
+    return [
+        (dict(frames=[ok.astype(np.float32)], frame_index=i, matrices=m), "uint8"),
+        (dict(frames=[ok[..., :2].copy()], frame_index=i, matrices=m), r"\(H, W, 3\)"),
+        (dict(frames=[np.zeros((0, 4, 3), np.uint8)], frame_index=i, matrices=m), r"H, W >= 1"),
+        (dict(frames=[ok[:, ::2]], frame_index=i, matrices=m), "C-contiguous"),
+        (dict(frames=["frame"], frame_index=i, matrices=m), "numpy array"),
+        (dict(frames=[ok], frame_index=np.array([0, 1]), matrices=m), "out of range"),
+        (dict(frames=[ok], frame_index=np.array([0.0, 0.0]), matrices=m), "integer"),
+        (dict(frames=[ok], frame_index=i, matrices=m[:, :, :2]), r"\(N, 2, 3\)"),
+        (dict(frames=[ok], frame_index=i[:1], matrices=m), r"\(N, 2, 3\)"),
+        (dict(frames=[ok], frame_index=i, matrices=m * np.nan), "non-finite"),
+        (dict(frames=[ok], frame_index=i, matrices=m, size=0), "size"),
+        (dict(frames=[ok], frame_index=i, matrices=m, dtype=np.float64), "float32 or float16"),
+        (dict(frames=[ok], frame_index=i, matrices=m, out=np.zeros((2, 3, 112, 112), np.float16)), "dtype"),
+        (dict(frames=[ok], frame_index=i, matrices=m, out=np.zeros((2, 3, 112, 111), np.float32)), "shape"),
+        (dict(frames=[ok], frame_index=i, matrices=m, out=np.zeros((2, 3, 112, 224), np.float32)[..., ::2]),
+         "C-contiguous"),
+    ]
+
+
+@pytest.mark.parametrize("kwargs,match", _bad_inputs())
+def test_bad_input_raises_value_error(ext, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ext.preprocess(**kwargs)
+
+
+def test_preprocess_backends(ext):
+    frames, idx, mats = random_case(np.random.default_rng(11), 5, SHAPES)
+    assert {"cpp", "numpy"} <= set(pp.available_backends())
+    ref = pp.preprocess(frames, idx, mats, backend="numpy")
+    np.testing.assert_array_equal(ref, reference(frames, idx, mats))
+    np.testing.assert_array_equal(pp.preprocess(frames, idx, mats, backend="auto"), ref)
+    half = pp.preprocess(frames, idx, mats, dtype=np.float16, backend="cpp")
+    np.testing.assert_array_equal(half, pp.preprocess(frames, idx, mats, dtype=np.float16, backend="numpy"))
+    with pytest.raises(ValueError, match="unknown backend"):
+        pp.preprocess(frames, idx, mats, backend="tpu")
+    if "cuda" not in pp.available_backends():
+        with pytest.raises(RuntimeError, match="not available"):
+            pp.preprocess(frames, idx, mats, backend="cuda")
+
+
+def test_cuda_available_is_bool(ext):
+    assert isinstance(ext.cuda_available(), bool)
+    if not ext.has_cuda:
+        assert ext.cuda_available() is False
+
+
+# --- CUDA (needs a GPU and CuPy or PyTorch to own device memory) ---------------------------------
+
+def _device_lib():
+    try:
+        import cupy
+        return "cupy", cupy
+    except ImportError:
+        pass
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return "torch", torch
+    except ImportError:
+        pass
+    pytest.skip("needs cupy or torch with CUDA to allocate device buffers")
+
+
+@pytest.fixture
+def cuda(ext):
+    if not ext.cuda_available():
+        pytest.skip("no CUDA device")
+    return _device_lib()
+
+
+def _device_empty(lib, shape, dtype):
+    kind, mod = lib
+    if kind == "cupy":
+        return mod.full(shape, np.nan, dtype=dtype)
+    return mod.full(shape, float("nan"), dtype=getattr(mod, np.dtype(dtype).name), device="cuda")
+
+
+def _to_host(lib, arr) -> np.ndarray:
+    kind, mod = lib
+    if kind == "cupy":
+        return mod.asnumpy(arr)
+    mod.cuda.synchronize()
+    return arr.cpu().numpy()
+
+
+def _to_device(lib, a: np.ndarray):
+    kind, mod = lib
+    return mod.asarray(a) if kind == "cupy" else mod.from_numpy(a).cuda()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("n", [1, 7, 64])
+def test_cuda_host_frames(ext, cuda, n, dtype):
+    frames, idx, mats = random_case(np.random.default_rng(100 + n), n, SHAPES)
+    out = _device_empty(cuda, (n, 3, 112, 112), dtype)
+    assert pp.preprocess(frames, idx, mats, dtype=dtype, out=out) is out  # auto -> cuda for device out
+    got = _to_host(cuda, out).astype(np.float32)
+    assert np.isfinite(got).all()
+    tol = F32_TOL if dtype == np.float32 else F16_TOL
+    assert np.abs(got - reference(frames, idx, mats)).max() <= tol
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("size", [37, 112])
+def test_cuda_device_frames(ext, cuda, size):
+    frames, idx, mats = random_case(np.random.default_rng(200 + size), 9, SHAPES, size)
+    dev_frames = [_to_device(cuda, f) for f in frames]
+    out = _device_empty(cuda, (9, 3, size, size), np.float32)
+    pp.preprocess(dev_frames, idx, mats, size=size, backend="cuda", out=out)
+    assert np.abs(_to_host(cuda, out) - reference(frames, idx, mats, size)).max() <= F32_TOL

@@ -8,6 +8,8 @@
 #include "warp_math.h"
 
 namespace maskfr {
+
+// rows_*: crop rows [begin, end) of the batch, numbered face-major.
 namespace baseline {
 void rows_f32(const FaceJob* jobs, int size, const float* lut, float* out, std::int64_t begin, std::int64_t end);
 void rows_f16(const FaceJob* jobs, int size, const std::uint16_t* lut, std::uint16_t* out, std::int64_t begin,

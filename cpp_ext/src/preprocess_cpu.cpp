@@ -55,7 +55,7 @@ RowsF16 pick_f16() {
     return baseline::rows_f16;
 }
 
-// Splits all crop rows of the batch into contiguous chunks, one per thread (the caller runs one).
+// Splits the batch's crop rows into contiguous chunks, one per thread (the caller runs one).
 template <typename T, typename Rows>
 void run(const std::vector<FaceJob>& jobs, int size, const T* lut, T* out, int num_threads, Rows rows) {
     const std::int64_t total = static_cast<std::int64_t>(jobs.size()) * size;

@@ -1,0 +1,212 @@
+"""A gallery of enrolled identities: several L2-normalised embeddings per identity, top-k cosine search.
+
+An identity's score is its best template's similarity (max over its enrolled images), so
+enrolling both masked and unmasked photos of a person helps. Search is numpy brute force, or an
+exact faiss ``IndexFlatIP`` when faiss is installed and the gallery holds at least
+``FAISS_MIN_SIZE`` templates (measured with ``benchmarks/gallery_search.py``). Both give the
+same ranking.
+
+Files are a ``.npz`` read with ``allow_pickle=False`` holding a JSON header (format name,
+version, model version, sizes), the embeddings, a label per embedding and the identity names;
+:meth:`Gallery.save` writes a temp file in the same folder and ``os.replace``-s it, so a crash
+mid-save leaves the previous gallery intact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "maskfr-gallery"
+VERSION = 1
+#: Templates from which faiss (when installed) replaces numpy; see benchmarks/gallery_search.py.
+FAISS_MIN_SIZE = 50_000
+
+
+class GalleryFormatError(ValueError):
+    """The file is not a maskfr gallery, or it is damaged, truncated or from a newer version."""
+
+
+@dataclass(frozen=True)
+class Match:
+    identity: str
+    similarity: float
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
+class Gallery:
+    """Identities -> embeddings. All methods are thread-safe (one re-entrant lock)."""
+
+    def __init__(self, dim: int = 128, model_version: str = "", index: str = "auto"):
+        if index not in ("auto", "numpy", "faiss"):
+            raise ValueError(f"index must be 'auto', 'numpy' or 'faiss', got {index!r}")
+        if index == "faiss" and _faiss() is None:
+            raise RuntimeError("index='faiss' needs faiss (pip install faiss-cpu)")
+        self.dim, self.model_version, self.index = dim, model_version, index
+        self._emb = np.zeros((0, dim), np.float32)
+        self._label = np.zeros(0, np.int64)
+        self._names: list[str] = []
+        self._lock = threading.RLock()
+        self._faiss_index = None
+
+    # -- editing -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, identity: str) -> bool:
+        return identity in self._names
+
+    @property
+    def identities(self) -> list[str]:
+        return list(self._names)
+
+    @property
+    def n_templates(self) -> int:
+        return len(self._emb)
+
+    def add(self, identity: str, embeddings: np.ndarray) -> None:
+        """Enrol one or more embeddings (D,) or (N, D) for ``identity`` (new or existing)."""
+        e = np.asarray(embeddings, np.float32)
+        e = e[None] if e.ndim == 1 else e
+        if e.ndim != 2 or e.shape[1] != self.dim or len(e) == 0:
+            raise ValueError(f"embeddings must be (N, {self.dim}) with N >= 1, got {e.shape}")
+        if not np.isfinite(e).all():
+            raise ValueError("embeddings contain NaN or inf")
+        if not identity or not isinstance(identity, str):
+            raise ValueError("identity must be a non-empty string")
+        e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        with self._lock:
+            if identity not in self._names:
+                self._names.append(identity)
+            k = self._names.index(identity)
+            self._emb = np.concatenate([self._emb, e])
+            self._label = np.concatenate([self._label, np.full(len(e), k, np.int64)])
+            self._faiss_index = None
+
+    def remove(self, identity: str) -> None:
+        with self._lock:
+            k = self._require(identity)
+            keep = self._label != k
+            self._emb, self._label = self._emb[keep], self._label[keep]
+            self._label[self._label > k] -= 1
+            del self._names[k]
+            self._faiss_index = None
+
+    def rename(self, old: str, new: str) -> None:
+        with self._lock:
+            k = self._require(old)
+            if new in self._names:
+                raise ValueError(f"identity {new!r} already exists")
+            if not new:
+                raise ValueError("identity must be a non-empty string")
+            self._names[k] = new
+
+    def _require(self, identity: str) -> int:
+        try:
+            return self._names.index(identity)
+        except ValueError:
+            raise KeyError(f"no identity {identity!r} in the gallery") from None
+
+    # -- search --------------------------------------------------------------------------
+    def backend(self) -> str:
+        """'faiss' or 'numpy': what :meth:`search` uses at the current size."""
+        if self.index != "auto":
+            return self.index
+        return "faiss" if len(self._emb) >= FAISS_MIN_SIZE and _faiss() is not None else "numpy"
+
+    def search(self, queries: np.ndarray, top_k: int = 1) -> list[list[Match]]:
+        """Best ``top_k`` identities for each query (D,) or (M, D), most similar first."""
+        q = np.asarray(queries, np.float32)
+        q = q[None] if q.ndim == 1 else q
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"queries must be (M, {self.dim}), got {q.shape}")
+        with self._lock:  # arrays are replaced, never edited in place, so a snapshot stays valid
+            emb, label, names, use = self._emb, self._label, list(self._names), self.backend()
+            if use == "faiss" and self._faiss_index is None:
+                self._faiss_index = _faiss().IndexFlatIP(self.dim)
+                self._faiss_index.add(emb)
+            index = self._faiss_index
+        if len(names) == 0:
+            return [[] for _ in q]
+        k = min(top_k, len(names))
+        # enough templates that the best k identities are among them even if each has many
+        kt = min(len(emb), k * int(np.bincount(label).max()))
+        if use == "faiss":
+            sims, idx = index.search(np.ascontiguousarray(q), kt)
+        else:
+            s = q @ emb.T
+            idx = np.argpartition(-s, kt - 1, axis=1)[:, :kt] if kt < len(emb) else np.tile(np.arange(len(emb)), (len(q), 1))
+            sims = np.take_along_axis(s, idx, 1)
+        out = []
+        for srow, irow in zip(sims, idx):
+            best: dict[int, float] = {}
+            for sv, iv in zip(srow, irow):
+                if iv >= 0 and sv > best.get(label[iv], -np.inf):
+                    best[int(label[iv])] = float(sv)
+            ranked = sorted(best.items(), key=lambda t: (-t[1], t[0]))[:k]
+            out.append([Match(names[i], s) for i, s in ranked])
+        return out
+
+    # -- files ---------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write atomically: temp file in the same folder, fsync, ``os.replace``."""
+        path = Path(path)
+        with self._lock:
+            header = {"format": FORMAT, "version": VERSION, "dim": self.dim, "model_version": self.model_version,
+                      "n_identities": len(self._names), "n_templates": len(self._emb)}
+            arrays = {"header": np.frombuffer(json.dumps(header).encode(), np.uint8),
+                      "embeddings": self._emb, "labels": self._label,
+                      "names": np.frombuffer(json.dumps(self._names).encode(), np.uint8)}
+            fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    np.savez(f, **arrays)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+
+    @classmethod
+    def load(cls, path: str | Path, index: str = "auto") -> Gallery:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"gallery file not found: {path}")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if "header" not in z.files:
+                    raise GalleryFormatError(f"{path}: not a maskfr gallery (no header)")
+                header = json.loads(z["header"].tobytes())
+                if header.get("format") != FORMAT:
+                    raise GalleryFormatError(f"{path}: not a maskfr gallery (format {header.get('format')!r})")
+                if header.get("version", 0) > VERSION:
+                    raise GalleryFormatError(f"{path}: gallery format version {header['version']} is newer than "
+                                             f"this maskfr supports ({VERSION}); upgrade maskfr")
+                emb, labels = z["embeddings"], z["labels"]
+                names = json.loads(z["names"].tobytes())
+        except GalleryFormatError:
+            raise
+        except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as exc:
+            raise GalleryFormatError(f"{path}: damaged, truncated or not a maskfr gallery ({exc})") from None
+        n = len(names)
+        if (emb.ndim != 2 or emb.shape != (header.get("n_templates"), header.get("dim")) or emb.dtype != np.float32
+                or labels.shape != (len(emb),) or n != header.get("n_identities")
+                or (len(labels) and (labels.min() < 0 or labels.max() >= n)) or len(set(names)) != n):
+            raise GalleryFormatError(f"{path}: damaged gallery (arrays disagree with the header)")
+        g = cls(int(header["dim"]), str(header.get("model_version", "")), index)
+        g._emb, g._label, g._names = emb, labels.astype(np.int64), list(names)
+        return g

@@ -1,0 +1,327 @@
+"""FaceRecognizer: detect, align, embed, verify and identify faces, masked or not.
+
+Input conventions (one function, :func:`load_image`, applies them everywhere):
+
+* a path or bytes is decoded with OpenCV; missing files, empty files and non-images raise;
+* arrays must be uint8 or uint16 (scaled by 1/257) with 1 (grayscale), 3 (BGR) or 4 (BGRA,
+  alpha dropped) channels; anything else raises :class:`ImageError`;
+* images over ``MAX_PIXELS`` are refused; frames longer than ``max_side`` are shrunk for
+  detection only, and faces are aligned from the full-resolution frame.
+
+Preprocessing goes through :func:`maskfr.preprocess.preprocess` (C++/CUDA/numpy), so crops
+match :mod:`maskfr.align` exactly. Each face also gets a mask flag from a tiny logistic
+regression on colour/texture statistics of the crop (``models/mask_classifier.json``, trained
+by ``python -m maskfr.training.mask_classifier``).
+"""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import cv2
+import numpy as np
+
+from maskfr.align import similarity_transform, template, to_input, warp_face
+from maskfr.backends import Runner, load_runner
+from maskfr.gallery import Gallery, Match
+
+try:
+    from maskfr.preprocess import preprocess as _preprocess
+except ImportError:  # older install without the preprocessing module: the canonical numpy path
+    _preprocess = None
+
+MODELS = Path(__file__).resolve().parent / "models"
+DEFAULT_MODEL = MODELS / "g2d_student.onnx"
+MASK_CLASSIFIER = MODELS / "mask_classifier.json"
+MAX_PIXELS = 1 << 27  # 134 Mpx: beyond this a frame is almost surely a mistake (and ~400 MB)
+SIZE = 112
+DEFAULT_FAR = "far=1e-3"
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image (missing, empty, corrupt, wrong dtype/channels, too big)."""
+
+
+class NoFaceError(ValueError):
+    """No face was found where one was required."""
+
+
+@dataclass
+class Face:
+    """One detected face; ``embedding`` and ``masked`` are filled by :meth:`FaceRecognizer.analyze`."""
+    box: np.ndarray
+    score: float
+    landmarks: np.ndarray
+    frame: int = 0
+    embedding: np.ndarray | None = None
+    masked: bool | None = None
+    mask_score: float | None = None
+
+    @property
+    def area(self) -> float:
+        return float(max(self.box[2] - self.box[0], 0) * max(self.box[3] - self.box[1], 0))
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    similarity: float
+    same: bool
+    threshold: float
+
+
+@dataclass
+class Identification:
+    """A face and its best gallery matches; ``identity`` is the top match if it clears the threshold."""
+    face: Face
+    matches: list[Match] = field(default_factory=list)
+    identity: str | None = None
+
+
+def load_image(src: str | Path | bytes | np.ndarray) -> np.ndarray:
+    """Any supported input -> BGR uint8 (H, W, 3), applying the conversions in the module docstring."""
+    if isinstance(src, (str, Path)):
+        path = Path(src)
+        if not path.is_file():
+            raise FileNotFoundError(f"image not found: {path}")
+        data = path.read_bytes()
+        if not data:
+            raise ImageError(f"{path}: empty file")
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if img is None:
+            raise ImageError(f"{path}: cannot decode (corrupt or not an image)")
+        return load_image(img)
+    if isinstance(src, (bytes, bytearray)):
+        img = cv2.imdecode(np.frombuffer(src, np.uint8), cv2.IMREAD_UNCHANGED) if src else None
+        if img is None:
+            raise ImageError("cannot decode image bytes (empty, corrupt or not an image)")
+        return load_image(img)
+    img = np.asarray(src)
+    if img.size == 0:
+        raise ImageError(f"empty image array {img.shape}")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (3, 4)):
+        raise ImageError(f"image must be (H, W), (H, W, 3) or (H, W, 4), got {img.shape}")
+    if img.shape[0] * img.shape[1] > MAX_PIXELS:
+        raise ImageError(f"image {img.shape[1]}x{img.shape[0]} exceeds {MAX_PIXELS} pixels")
+    if img.dtype == np.uint16:
+        img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise ImageError(f"image dtype must be uint8 or uint16, got {img.dtype}")
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    return np.ascontiguousarray(img)
+
+
+# -- mask classifier ----------------------------------------------------------------------------
+_UPPER = (slice(24, 58), slice(24, 88))  # eyes and brows of the 112 crop
+_LOWER = (slice(74, 108), slice(30, 82))  # mouth and chin
+
+
+def mask_features(batch: np.ndarray) -> np.ndarray:
+    """(N, 3, 112, 112) normalised RGB network input -> (N, 16) colour/texture statistics.
+
+    Per region (eyes band, mouth band): mean and std of Y, Cr, Cb, and mean gradient magnitude;
+    plus the lower-vs-upper chroma distance and brightness gap. A mask changes the mouth band's
+    colour and flattens its texture while the eye band stays skin.
+    """
+    x = np.asarray(batch, np.float32) * 127.5 + 127.5
+    r, g, b = x[:, 0], x[:, 1], x[:, 2]
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    chans = (y, (r - y) * 0.713, (b - y) * 0.564)
+    feats = []
+    for rows, cols in (_UPPER, _LOWER):
+        for c in chans:
+            reg = c[:, rows, cols]
+            feats += [reg.mean((1, 2)), reg.std((1, 2))]
+        reg = y[:, rows, cols]
+        feats.append((np.abs(np.diff(reg, axis=1)).mean((1, 2)) + np.abs(np.diff(reg, axis=2)).mean((1, 2))))
+    f = np.stack(feats, 1)
+    dcr, dcb, dy = f[:, 9] - f[:, 2], f[:, 11] - f[:, 4], f[:, 7] - f[:, 0]
+    return np.concatenate([f, np.hypot(dcr, dcb)[:, None], np.abs(dy)[:, None]], 1)
+
+
+class MaskClassifier:
+    """Logistic regression on :func:`mask_features`, stored as a few numbers in JSON."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], weights: Sequence[float], bias: float,
+                 threshold: float = 0.5, **info: Any):
+        self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        self.weights, self.bias, self.threshold, self.info = np.asarray(weights, np.float32), float(bias), threshold, info
+
+    @classmethod
+    def load(cls, path: str | Path = MASK_CLASSIFIER) -> MaskClassifier | None:
+        """The shipped classifier, or None when it has not been trained yet."""
+        path = Path(path)
+        return cls(**json.loads(path.read_text())) if path.is_file() else None
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        z = ((mask_features(batch) - self.mean) / self.std) @ self.weights + self.bias
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+# -- recognizer ---------------------------------------------------------------------------------
+def _default_detector() -> Any:
+    try:
+        from maskfr.detector import FaceDetector
+    except ImportError:
+        raise RuntimeError("no face detector: maskfr.detector is not available in this install; pass "
+                           "detector=<object with detect(frame_bgr)>, or give aligned 112x112 crops") from None
+    return FaceDetector()
+
+
+class FaceRecognizer:
+    """Detection + alignment + embedding + mask flag, batched. Safe to share between threads.
+
+    model: .onnx file or TensorRT engine (default: the packaged ``models/g2d_student.onnx``).
+    detector: any object with ``detect(frame_bgr) -> list`` of items with ``box``, ``score``,
+    ``landmarks`` (5, 2); default ``maskfr.detector.FaceDetector``, created on first use.
+    threshold: similarity for "same person" (default: the model's recommended one at FAR 1e-3).
+    """
+
+    def __init__(self, model: str | Path | None = None, detector: Any = None, backend: str = "auto",
+                 preprocess_backend: str = "auto", threshold: float | None = None, batch_size: int = 32,
+                 max_side: int = 4096, mask_classifier: MaskClassifier | None | str = "default"):
+        path = Path(model) if model is not None else DEFAULT_MODEL
+        if model is None and not path.is_file():
+            raise FileNotFoundError(f"default model {path} is not installed yet; pass model=<.onnx or engine path>")
+        self.runner: Runner = load_runner(path, backend, SIZE)
+        self.metadata = self.runner.metadata
+        self.model_version = self.metadata.get("model_version", path.stem)
+        self.thresholds: dict[str, float] = json.loads(self.metadata.get("recommended_thresholds", "{}"))
+        self._threshold = threshold
+        self.preprocess_backend = preprocess_backend
+        self.batch_size, self.max_side = batch_size, max_side
+        self.mask_classifier = MaskClassifier.load() if mask_classifier == "default" else mask_classifier
+        self._detector = detector
+        self._detector_lock = threading.Lock()  # detectors (dlib, OpenCV DNN) are not all thread-safe
+
+    @property
+    def threshold(self) -> float:
+        if self._threshold is not None:
+            return self._threshold
+        if DEFAULT_FAR in self.thresholds:
+            return float(self.thresholds[DEFAULT_FAR])
+        if self.thresholds:
+            return float(next(iter(self.thresholds.values())))
+        raise ValueError("the model has no recommended_thresholds; pass threshold= (see `maskfr calibrate`)")
+
+    # -- detection --------------------------------------------------------------------------
+    def detect(self, frame: Any, index: int = 0) -> list[Face]:
+        """Faces in one frame (any :func:`load_image` input), largest first."""
+        img = load_image(frame)
+        h, w = img.shape[:2]
+        scale = min(1.0, self.max_side / max(h, w))
+        small = cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else img
+        with self._detector_lock:
+            if self._detector is None:
+                self._detector = _default_detector()
+            dets = list(self._detector.detect(small))
+        faces = [Face(np.asarray(d.box, np.float32) / scale, float(d.score),
+                      np.asarray(d.landmarks, np.float32).reshape(5, 2) / scale, index) for d in dets]
+        return sorted(faces, key=lambda f: -f.area)
+
+    # -- embedding --------------------------------------------------------------------------
+    def _inputs(self, frames: list[np.ndarray], faces: list[Face]) -> np.ndarray:
+        mats = np.stack([similarity_transform(f.landmarks, template(SIZE)) for f in faces])
+        idx = np.array([f.frame for f in faces], np.int64)
+        if _preprocess is not None:
+            return _preprocess(frames, idx, mats, size=SIZE, backend=self.preprocess_backend)
+        return to_input(np.stack([warp_face(frames[i], m, SIZE)[..., ::-1] for i, m in zip(idx, mats)]))
+
+    def _embed_inputs(self, x: np.ndarray) -> np.ndarray:
+        outs = [self.runner.infer(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
+        e = np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, self._dim()), np.float32)
+        return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+
+    def _annotate(self, faces: list[Face], x: np.ndarray) -> None:
+        emb = self._embed_inputs(x)
+        probs = self.mask_classifier.predict_proba(x) if self.mask_classifier is not None and len(x) else None
+        for i, f in enumerate(faces):
+            f.embedding = emb[i]
+            if probs is not None:
+                f.mask_score = float(probs[i])
+                f.masked = bool(probs[i] >= self.mask_classifier.threshold)
+
+    def analyze(self, frames: Iterable[Any]) -> list[list[Face]]:
+        """Detect every face in every frame, then embed and mask-classify them all in batches."""
+        imgs = [load_image(f) for f in frames]
+        per_frame = [self.detect(img, i) for i, img in enumerate(imgs)]
+        flat = [f for faces in per_frame for f in faces]
+        if flat:
+            self._annotate(flat, self._inputs(imgs, flat))
+        return per_frame
+
+    def embed(self, images: Any, aligned: bool = False) -> np.ndarray:
+        """(N, D) L2-normalised float32 embeddings.
+
+        images: one image or a list (paths, arrays, bytes). With ``aligned=False`` every face of
+        every frame is embedded, frame by frame, largest first (N may be 0). With
+        ``aligned=True`` each image is an already aligned 112x112 crop (BGR like any frame).
+        """
+        items = [images] if isinstance(images, (str, Path, bytes)) or (
+            isinstance(images, np.ndarray) and images.ndim in (2, 3)) else list(images)
+        if not aligned:
+            embs = [f.embedding for faces in self.analyze(items) for f in faces]
+            return np.stack(embs) if embs else np.zeros((0, self._dim()), np.float32)
+        crops = [load_image(c) for c in items]
+        bad = [c.shape for c in crops if c.shape[:2] != (SIZE, SIZE)]
+        if bad:
+            raise ImageError(f"aligned crops must be {SIZE}x{SIZE}, got {bad[0][:2]}")
+        return self._embed_inputs(to_input(np.stack(crops)[..., ::-1]))
+
+    def face(self, image: Any, what: str = "image") -> Face:
+        """The largest face of one image, embedded; :class:`NoFaceError` if there is none."""
+        faces = self.analyze([image])[0]
+        if not faces:
+            raise NoFaceError(f"no face found in {what}")
+        return faces[0]
+
+    # -- verification and identification ----------------------------------------------------
+    def verify(self, a: Any, b: Any, threshold: float | None = None) -> VerifyResult:
+        """Are the largest faces of ``a`` and ``b`` the same person? (each may also be an embedding)."""
+        ea, eb = (self._as_embedding(x, n) for x, n in ((a, "first image"), (b, "second image")))
+        t = self.threshold if threshold is None else threshold
+        s = float(ea @ eb)
+        return VerifyResult(s, s >= t, t)
+
+    def _as_embedding(self, x: Any, what: str) -> np.ndarray:
+        if isinstance(x, np.ndarray) and x.ndim == 1:
+            return x / max(float(np.linalg.norm(x)), 1e-12)
+        return self.face(x, what).embedding
+
+    def enroll(self, gallery: Gallery, identity: str, images: Iterable[Any]) -> int:
+        """Add the largest face of each image to ``identity``; returns how many were enrolled."""
+        self._check_gallery(gallery)
+        embs = [faces[0].embedding for faces in self.analyze(images) if faces]
+        if embs:
+            gallery.add(identity, np.stack(embs))
+        return len(embs)
+
+    def identify(self, frame: Any, gallery: Gallery, top_k: int = 1,
+                 threshold: float | None = None) -> list[Identification]:
+        """For each face in ``frame`` (largest first): its ``top_k`` matches and the accepted identity."""
+        self._check_gallery(gallery)
+        faces = self.analyze([frame])[0]
+        if not faces:
+            return []
+        t = self.threshold if threshold is None else threshold
+        results = gallery.search(np.stack([f.embedding for f in faces]), top_k)
+        return [Identification(f, m, m[0].identity if m and m[0].similarity >= t else None)
+                for f, m in zip(faces, results)]
+
+    def new_gallery(self, index: str = "auto") -> Gallery:
+        return Gallery(self._dim(), self.model_version, index)
+
+    def _dim(self) -> int:
+        return int(self.metadata.get("embedding_size", 128))
+
+    def _check_gallery(self, gallery: Gallery) -> None:
+        if gallery.dim != self._dim() or (gallery.model_version and gallery.model_version != self.model_version):
+            raise ValueError(f"gallery was made with model {gallery.model_version!r} ({gallery.dim}-d); this "
+                             f"recognizer runs {self.model_version!r} ({self._dim()}-d): re-enrol")

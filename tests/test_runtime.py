@@ -1,0 +1,202 @@
+"""FaceRecognizer and backends with a stand-in ONNX model and detector (no torch, no trained model)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+import pytest
+
+from maskfr import backends
+from maskfr.align import align_face
+from maskfr.recognizer import FaceRecognizer, ImageError, MaskClassifier, NoFaceError, load_image, mask_features
+from runtime_helpers import MarkerDetector, draw_faces, make_model
+
+
+@pytest.fixture
+def model(tmp_path):
+    return make_model(tmp_path / "standin.onnx")
+
+
+@pytest.fixture
+def rec(model):
+    return FaceRecognizer(model, detector=MarkerDetector(), backend="cpu")
+
+
+def test_runtime_never_imports_torch():
+    code = "import sys, maskfr.recognizer, maskfr.gallery, maskfr.backends, maskfr.cli_runtime; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_embed_frames_many_faces_and_batches(model):
+    rec = FaceRecognizer(model, detector=MarkerDetector(), batch_size=2)
+    frames = [draw_faces([(1, 10, 10, 80), (2, 150, 60, 90)]), draw_faces([]), draw_faces([(3, 100, 100, 100)])]
+    e = rec.embed(frames)
+    assert e.shape == (3, 128) and e.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
+    per_frame = rec.analyze(frames)
+    assert [len(f) for f in per_frame] == [2, 0, 1]
+    assert per_frame[0][0].area >= per_frame[0][1].area  # largest first
+    np.testing.assert_allclose(rec.embed(frames[2]), e[2:], atol=1e-6)
+    assert rec.embed([frames[1]]).shape == (0, 128)
+
+
+def test_embed_aligned_crops_match_frames(rec):
+    frame = draw_faces([(4, 40, 50, 112)])
+    face = rec.analyze([frame])[0][0]
+    crop = align_face(frame, face.landmarks)
+    np.testing.assert_allclose(rec.embed([crop], aligned=True)[0], face.embedding, atol=1e-4)
+    with pytest.raises(ImageError, match="112x112"):
+        rec.embed([frame], aligned=True)
+
+
+def test_verify_uses_recommended_threshold_and_override(rec, model):
+    a, b = draw_faces([(1, 20, 30, 96)]), draw_faces([(1, 150, 60, 80)], jitter=3)
+    c = draw_faces([(2, 40, 40, 100)])
+    same, diff = rec.verify(a, b), rec.verify(a, c)
+    assert same.same and not diff.same and same.threshold == 0.8
+    assert same.similarity > 0.95 and diff.similarity < 0.8
+    assert rec.verify(a, c, threshold=-1.0).same
+    assert FaceRecognizer(model, detector=MarkerDetector(), threshold=0.5).threshold == 0.5
+    assert FaceRecognizer(make_model(model.parent / "none.onnx", thresholds={"far=1e-2": 0.6}),
+                          detector=MarkerDetector()).threshold == 0.6
+
+
+def test_no_face_is_a_clear_error(rec):
+    with pytest.raises(NoFaceError, match="second image"):
+        rec.verify(draw_faces([(1, 20, 30, 96)]), draw_faces([]))
+    assert rec.identify(draw_faces([]), rec.new_gallery()) == []
+
+
+@pytest.mark.parametrize("make, expect", [
+    (lambda p: p.write_bytes(b""), "empty file"),
+    (lambda p: p.write_bytes(b"not an image at all"), "cannot decode"),
+    (lambda p: p.write_bytes(cv2.imencode(".jpg", draw_faces([(1, 9, 9, 60)]))[1].tobytes()[:300]), "cannot decode"),
+])
+def test_bad_files(tmp_path, make, expect):
+    p = tmp_path / "x.jpg"
+    make(p)
+    with pytest.raises(ImageError, match=expect):
+        load_image(p)
+
+
+def test_missing_file():
+    with pytest.raises(FileNotFoundError):
+        load_image("/nonexistent/face.jpg")
+
+
+def test_documented_conversions(tmp_path):
+    bgr = draw_faces([(1, 20, 30, 96)])
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    assert load_image(gray).shape == (*gray.shape, 3)
+    assert load_image(gray[..., None]).shape == (*gray.shape, 3)
+    bgra = cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)
+    np.testing.assert_array_equal(load_image(bgra), bgr)
+    np.testing.assert_array_equal(load_image(bgr.astype(np.uint16) * 257), bgr)
+    cv2.imwrite(str(tmp_path / "deep.png"), bgr.astype(np.uint16) * 257)
+    np.testing.assert_array_equal(load_image(tmp_path / "deep.png"), bgr)
+    for bad, msg in ((bgr.astype(np.float32), "dtype"), (np.zeros((0, 5, 3), np.uint8), "empty"),
+                     (np.zeros((4, 4, 2), np.uint8), "shape|\\(H, W\\)")):
+        with pytest.raises(ImageError, match=msg):
+            load_image(bad)
+
+
+def test_huge_images(model, monkeypatch):
+    import maskfr.recognizer as r
+    monkeypatch.setattr(r, "MAX_PIXELS", 1000)
+    with pytest.raises(ImageError, match="exceeds"):
+        load_image(np.zeros((100, 100, 3), np.uint8))
+    monkeypatch.undo()
+    # frames over max_side are shrunk for detection, boxes come back in full-frame pixels
+    small = FaceRecognizer(model, detector=MarkerDetector(), max_side=160)
+    frame = draw_faces([(1, 40, 40, 120)], size=(400, 400))
+    face = small.detect(frame)[0]
+    assert abs(face.box[0] - 37) < 4 and abs(face.box[2] - 162) < 6
+
+
+def test_wrong_shape_model_and_missing_default(tmp_path):
+    bad = make_model(tmp_path / "bad.onnx", size=64)
+    with pytest.raises(backends.ModelShapeError, match="not \\(N, 3, 112, 112\\)"):
+        FaceRecognizer(bad, detector=MarkerDetector())
+    (tmp_path / "junk.onnx").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot load ONNX model"):
+        FaceRecognizer(tmp_path / "junk.onnx")
+    import maskfr.recognizer as r
+    if not r.DEFAULT_MODEL.exists():
+        with pytest.raises(FileNotFoundError, match="g2d_student.onnx"):
+            FaceRecognizer()
+
+
+def test_backend_choice_never_falls_back(model, tmp_path):
+    if "cuda" not in backends.available_backends():
+        with pytest.raises(backends.BackendUnavailable, match="cuda"):
+            backends.load_runner(model, "cuda")
+    with pytest.raises(backends.BackendUnavailable, match="engine"):
+        backends.load_runner(model, "tensorrt")
+    with pytest.raises(ValueError, match="unknown backend"):
+        backends.load_runner(model, "tpu")
+    assert backends.load_runner(model, "auto").name in ("cpu", "cuda")
+
+
+def test_engine_with_wrong_input_shape_raises(tmp_path):
+    engine = tmp_path / "student.engine"
+    engine.write_bytes(b"\0" * 64)
+    (tmp_path / "student.json").write_text(json.dumps({"input_shape": [8, 3, 96, 96], "output_shape": [8, 128]}))
+    with pytest.raises(backends.ModelShapeError, match="not \\(N, 3, 112, 112\\)"):
+        backends.load_runner(engine, "auto")
+
+
+@pytest.mark.gpu
+def test_tensorrt_runner_matches_onnxruntime(tmp_path, model):
+    pytest.importorskip("cuda")
+    if "tensorrt" not in backends.available_backends():
+        pytest.skip("TensorRT not installed")
+    engine_mod = pytest.importorskip("maskfr.export.engine")
+    engine = engine_mod.build_engine(model, tmp_path / "standin.engine")
+    x = np.random.default_rng(0).uniform(-1, 1, (5, 3, 112, 112)).astype(np.float32)
+    ref = backends.load_runner(model, "cpu").infer(x)
+    for graph in (False, True):
+        trt = backends.TensorRTRunner(engine, cuda_graph=graph)
+        np.testing.assert_allclose(trt.infer(x), ref, atol=2e-3)
+
+
+def test_identify_from_threads_matches_serial(rec):
+    gallery = rec.new_gallery()
+    for ident in range(1, 6):
+        rec.enroll(gallery, f"person{ident}", [draw_faces([(ident, 30, 30, 90)], jitter=ident)])
+    frames = [draw_faces([(1 + i % 5, 20 + i, 40, 96), (1 + (i + 2) % 5, 180, 80, 70)], jitter=50 + i) for i in range(24)]
+
+    def run(f):
+        return [(r.identity, [(m.identity, round(m.similarity, 6)) for m in r.matches]) for r in rec.identify(f, gallery, 3)]
+    serial = [run(f) for f in frames]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(run, frames))
+    assert threaded == serial
+    assert [s[0][0] for s in serial] == [f"person{1 + i % 5}" for i in range(24)]
+
+
+def test_gallery_from_another_model_is_refused(rec):
+    from maskfr.gallery import Gallery
+    with pytest.raises(ValueError, match="re-enrol"):
+        rec.identify(draw_faces([(1, 20, 30, 96)]), Gallery(128, "other-model"))
+
+
+def test_mask_flag(rec, tmp_path):
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 3, 112, 112)).astype(np.float32)
+    assert mask_features(x).shape == (4, 16)
+    # a mask flattens the mouth band: weight only its gradient feature (index 13)
+    clf = MaskClassifier(mean=[0] * 16, std=[1] * 16, weights=[0] * 13 + [-1, 0, 0], bias=3.0)
+    rec.mask_classifier = clf
+    plain, masked = (rec.analyze([draw_faces([(7, 30, 30, 100)], masked=m)])[0][0] for m in (False, True))
+    assert plain.masked is False and masked.masked is True and masked.mask_score > plain.mask_score
+
+
+def test_shipped_mask_classifier_loads():
+    clf = MaskClassifier.load()
+    if clf is None:
+        pytest.skip("mask classifier not trained yet")
+    assert len(clf.weights) == 16 and clf.info.get("test_accuracy", 0) > 0.8

@@ -1,0 +1,269 @@
+"""Export the G2D student to ONNX with its preprocessing contract in ``metadata_props``.
+
+Graph contract: input ``input`` (N,3,112,112) float32, the canonical ArcFace crop
+(:mod:`maskfr.align`), RGB, ``(x - 127.5) / 127.5``; output ``embedding`` (N,128)
+float32, L2-normalised; the batch axis is dynamic. The metadata carries everything a
+runtime needs to feed the model without reading this code (size, colour order,
+mean/std, alignment template, embedding size, thresholds, version, training data),
+so a model file is self-describing after it leaves the repository.
+
+Structure follows polygraphy: a *loader* (:func:`load_student`), the exporter, and
+*runners* (:func:`ort_session`, :func:`ort_embed`) plus a comparator
+(:func:`compare`) used for parity. torch is imported only where a torch model is
+touched, so the runners work in the torch-free runtime.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from maskfr.align import ARCFACE_112, MEAN, STD, to_input
+
+if TYPE_CHECKING:
+    import onnxruntime
+    from torch import nn
+
+OPSET = 17
+INPUT_NAME = "input"
+OUTPUT_NAME = "embedding"
+INPUT_SIZE = 112
+EMBED_DIM = 128
+#: Per-embedding cosine an FP32 export must reach against torch (and ONNX against ONNX after slimming).
+MIN_COSINE = 0.9999
+META_PREFIX = "maskfr."
+
+
+# ---------------------------------------------------------------- loaders
+
+
+def load_student(model_or_ckpt: "nn.Module | str | os.PathLike") -> tuple["nn.Module", dict[str, Any]]:
+    """The student in eval mode plus what is known about it (config, git_rev, stage).
+
+    Accepts a module or a training checkpoint: ``torch.save({"model": state_dict,
+    "config": dict, "git_rev": str, "stage": str})``.
+    """
+    import torch
+    from torch import nn
+
+    if isinstance(model_or_ckpt, nn.Module):
+        return model_or_ckpt.eval(), {}
+    from maskfr.training.models import create_student
+
+    path = Path(model_or_ckpt)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise ValueError(f"{path}: not a maskfr checkpoint (expected a dict with a 'model' state_dict)")
+    model = create_student(pretrained=False)
+    state = {k: v for k, v in ckpt["model"].items() if not k.startswith(("decoder.", "head."))}
+    model.load_state_dict(state)
+    info = {"checkpoint": path.name, "config": ckpt.get("config", {}), "git_rev": ckpt.get("git_rev", ""),
+            "stage": ckpt.get("stage", "")}
+    return model.eval(), info
+
+
+def default_metadata(info: dict[str, Any] | None = None) -> dict[str, str]:
+    """The preprocessing contract plus provenance; every value is a string (ONNX metadata_props)."""
+    info = info or {}
+    cfg = info.get("config") or {}
+    version = "-".join(x for x in (info.get("stage"), (info.get("git_rev") or "")[:12]) if x) or "untrained"
+    return {
+        "input_size": json.dumps([INPUT_SIZE, INPUT_SIZE]),
+        "input_layout": "NCHW float32",
+        "colour_order": "RGB",
+        "mean": str(MEAN),
+        "std": str(STD),
+        "normalisation": "(x - mean) / std on uint8 pixels",
+        "alignment_template": json.dumps(np.round(ARCFACE_112.astype(np.float64), 4).tolist()),
+        "alignment": "maskfr.align: 5-point similarity (Umeyama) to alignment_template, cv2 INTER_LINEAR, border 0",
+        "embedding_size": str(EMBED_DIM),
+        "embedding": "L2-normalised; compare with the dot product (cosine)",
+        "thresholds": json.dumps(cfg.get("thresholds", {})),
+        "model_version": version,
+        "training_data": str(cfg.get("training_data", cfg.get("data", "unknown"))),
+        "git_rev": str(info.get("git_rev", "")),
+    }
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``maskfr.*`` metadata of an ONNX file, prefix stripped."""
+    import onnx
+
+    proto = onnx.load(os.fspath(path), load_external_data=False)
+    return {p.key[len(META_PREFIX):]: p.value for p in proto.metadata_props if p.key.startswith(META_PREFIX)}
+
+
+def set_metadata(proto: Any, metadata: dict[str, str]) -> None:
+    """Replace the ``maskfr.*`` metadata of an in-memory ModelProto."""
+    keep = [(p.key, p.value) for p in proto.metadata_props if not p.key.startswith(META_PREFIX)]
+    del proto.metadata_props[:]
+    for k, v in keep + [(META_PREFIX + k, str(v)) for k, v in metadata.items()]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+
+
+def sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- runners and comparator
+
+
+def ort_session(path: str | os.PathLike, threads: int | None = None,
+                providers: Sequence[str] = ("CPUExecutionProvider",)) -> "onnxruntime.InferenceSession":
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return ort.InferenceSession(os.fspath(path), opts, providers=list(providers))
+
+
+def ort_embed(model: "str | os.PathLike | onnxruntime.InferenceSession", faces: np.ndarray,
+              batch: int = 32) -> np.ndarray:
+    """Embeddings of aligned RGB uint8 crops (N,112,112,3) under ONNX Runtime."""
+    sess = model if hasattr(model, "run") else ort_session(model)
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: to_input(faces[i:i + batch])})[0]
+                           for i in range(0, len(faces), batch)]).astype(np.float32)
+
+
+def torch_embed(model: "nn.Module", faces: np.ndarray, batch: int = 32) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return np.concatenate([model(torch.from_numpy(to_input(faces[i:i + batch]))).numpy()
+                               for i in range(0, len(faces), batch)]).astype(np.float32)
+
+
+def compare(ref: np.ndarray, out: np.ndarray, min_cosine: float = MIN_COSINE, name: str = OUTPUT_NAME,
+            ref_name: str = "reference", out_name: str = "candidate", verbose: bool = True) -> dict[str, float]:
+    """Per-row cosine plus polygraphy-style error metrics; ``passed`` when every row reaches ``min_cosine``.
+
+    atol/rtol are reported as the tolerances that *would* pass (max abs and max relative
+    difference), as ``polygraphy run --check-error-stat max`` prints them.
+    """
+    ref = np.asarray(ref, np.float64)
+    out = np.asarray(out, np.float64)
+    if ref.shape != out.shape:
+        raise ValueError(f"shape mismatch: {ref_name} {ref.shape} vs {out_name} {out.shape}")
+    cos = np.sum(ref * out, 1) / np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1), 1e-30)
+    absdiff = np.abs(ref - out)
+    reldiff = absdiff / np.maximum(np.abs(ref), 1e-12)
+    rep = {"rows": int(len(ref)), "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
+           "max_abs": float(absdiff.max()), "mean_abs": float(absdiff.mean()),
+           "median_rel": float(np.median(reldiff)), "max_rel": float(reldiff.max()),
+           "threshold": min_cosine, "passed": bool(cos.min() >= min_cosine)}
+    if verbose:
+        print(f"[I] Comparing output '{name}': {out_name} vs {ref_name}, {len(ref)} rows\n"
+              f"[I]     Error Metrics: {name}\n"
+              f"[I]         Minimum Required Tolerance: elemwise error | [abs={rep['max_abs']:.5g}] OR "
+              f"[rel={rep['max_rel']:.5g}] (requirements may be lower if both abs/rel tolerances are set)\n"
+              f"[I]         Absolute Difference | max={rep['max_abs']:.5g}, mean={rep['mean_abs']:.5g}\n"
+              f"[I]         Relative Difference | max={rep['max_rel']:.5g}, median={rep['median_rel']:.5g}\n"
+              f"[I]         Cosine per row | min={rep['min_cosine']:.7f}, mean={rep['mean_cosine']:.7f} "
+              f"(required >= {min_cosine})\n"
+              f"[{'I' if rep['passed'] else 'E'}]         {'PASSED' if rep['passed'] else 'FAILED'}")
+    return rep
+
+
+def parity_faces(n: int = 32, cache: str | os.PathLike | None = None, seed: int = 0) -> tuple[np.ndarray, str]:
+    """Aligned faces for parity checks: half unmasked, half masked from the LFW cache when it exists,
+    else smooth random images (say so in reports: they exercise the graph, not face statistics)."""
+    from maskfr.training.embedders import CACHE_DIR
+
+    path = Path(cache) if cache else CACHE_DIR / "lfw.npz"
+    rng = np.random.default_rng(seed)
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            idx = np.sort(rng.choice(len(z["path"]), size=min(n, len(z["path"])), replace=False))
+            half = len(idx) // 2
+            return np.concatenate([z["img112"][idx[:half]], z["img112_masked"][idx[half:]]]), f"LFW cache {path}"
+    low = rng.uniform(0, 255, (n, 14, 14, 3)).astype(np.float32)
+    import cv2
+    faces = np.stack([cv2.resize(x, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_CUBIC) for x in low])
+    return np.clip(faces + rng.normal(0, 8, faces.shape), 0, 255).astype(np.uint8), "synthetic (no LFW cache)"
+
+
+# ---------------------------------------------------------------- export
+
+
+def _torch_export(model: "nn.Module", path: str, opset: int) -> None:
+    import torch
+
+    dummy = torch.zeros(2, 3, INPUT_SIZE, INPUT_SIZE)
+    # The TorchScript exporter on purpose (as for the teacher): the dynamo one emits opset >= 18.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (dummy,), path, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          opset_version=opset, dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                          dynamo=False)
+
+
+def _slim(path: str, faces: np.ndarray, min_cosine: float, verbose: bool) -> dict[str, Any]:
+    """onnxslim in place, kept only when the slimmed graph matches the original under ORT."""
+    import onnx
+    import onnxslim
+
+    before = ort_embed(path, faces)
+    slim = onnxslim.slim(onnx.load(path))
+    with tempfile.TemporaryDirectory() as tmp:
+        cand = os.path.join(tmp, "slim.onnx")
+        onnx.save(slim, cand)
+        onnx.checker.check_model(cand)
+        rep = compare(before, ort_embed(cand, faces), min_cosine, ref_name="onnx", out_name="onnxslim",
+                      verbose=verbose)
+        if rep["passed"]:
+            os.replace(cand, path)
+    return {"kept": rep["passed"], "min_cosine": rep["min_cosine"]}
+
+
+def export_onnx(model_or_ckpt: "nn.Module | str | os.PathLike", path: str | os.PathLike, opset: int = OPSET,
+                metadata: dict[str, str] | None = None, simplify: bool = True, faces: np.ndarray | None = None,
+                min_cosine: float = MIN_COSINE, verbose: bool = True) -> dict[str, Any]:
+    """Export, check (checker + shape inference), optionally slim, and verify parity against torch.
+
+    ``metadata`` entries override/extend :func:`default_metadata`. ``faces`` are aligned RGB
+    uint8 crops for the parity check (default :func:`parity_faces`). Raises ``RuntimeError``
+    when the export disagrees with torch; returns a report (path, sha256, parity, slim).
+    """
+    import onnx
+
+    model, info = load_student(model_or_ckpt)
+    path = os.fspath(path)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    _torch_export(model, path, opset)
+    source = "given"
+    if faces is None:
+        faces, source = parity_faces()
+    report: dict[str, Any] = {"path": path, "opset": opset, "faces": source}
+    if simplify:
+        report["onnxslim"] = _slim(path, faces, min_cosine, verbose)
+    proto = onnx.shape_inference.infer_shapes(onnx.load(path), check_type=True, strict_mode=True)
+    set_metadata(proto, {**default_metadata(info), **(metadata or {})})
+    proto.producer_name = "maskfr"
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, path)
+    report["parity"] = compare(torch_embed(model, faces), ort_embed(path, faces), min_cosine,
+                               ref_name="torch", out_name="onnxruntime", verbose=verbose)
+    if not report["parity"]["passed"]:
+        raise RuntimeError(f"{path}: ONNX export disagrees with torch (min cosine "
+                           f"{report['parity']['min_cosine']:.6f} < {min_cosine})")
+    report["sha256"] = sha256(path)
+    return report
+
+
+__all__ = ["EMBED_DIM", "INPUT_NAME", "MIN_COSINE", "OPSET", "OUTPUT_NAME", "compare", "default_metadata",
+           "export_onnx", "load_student", "ort_embed", "ort_session", "parity_faces", "read_metadata",
+           "set_metadata", "sha256", "torch_embed"]

@@ -1,0 +1,193 @@
+"""FP16 and INT8 (explicit QDQ) variants of an exported student.
+
+Why ONNX Runtime's ``quantize_static`` and not NVIDIA ModelOpt: the INT8 model must run in
+two places, ONNX Runtime on plain CPUs *and* TensorRT on edge GPUs, and be built on a
+CPU-only machine. ORT's QDQ output is a plain ONNX graph both consume (explicit
+quantization, so TensorRT needs no calibrator and strongly-typed TensorRT-RTX accepts it),
+it ships with a dependency we already have, and its calibration runs on the CPU. ModelOpt
+(``modelopt.onnx.quantization``) produces the same QDQ format with TensorRT-tuned placement
+but pulls in a large CUDA-oriented stack, and its TensorRT-specific placement gives no
+benefit on the CPU path; revisit it if TensorRT INT8 accuracy or speed disappoints.
+
+TensorRT constraints the settings follow: symmetric int8 activations and weights (zero
+point 0), per-channel weights on axis 0, and float bias (``QuantizeBias: False``), because
+TensorRT rejects a DequantizeLinear of an int32 bias. The L2-normalisation tail stays float.
+
+FP16: ONNX Runtime's own converter (``onnxruntime.transformers.float16``, the same code as
+onnxconverter-common) with **float32 inputs and outputs** (``keep_io_types``), so callers
+feed the same array to every variant; Casts at the edges are nearly free on a GPU. The
+``ReduceL2`` of the normalisation stays float32 (a sum of 128 squares overflows FP16 easily).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from maskfr.align import to_input
+
+#: Ops quantized in the INT8 model; the normalisation tail (ReduceL2, Clip, Div) stays float.
+INT8_OPS = ("Conv", "MatMul", "Gemm", "Add", "MaxPool", "AveragePool", "Resize", "Pad")
+FP32_IN_FP16 = ("ReduceL2",)
+
+
+def to_fp16(src: str | os.PathLike, dst: str | os.PathLike, keep_io_types: bool = True) -> Path:
+    """Write the FP16 variant of ``src`` (float32 IO unless ``keep_io_types`` is False)."""
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    proto = convert_float_to_float16(onnx.load(os.fspath(src)), keep_io_types=keep_io_types,
+                                     op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP32_IN_FP16))
+    _toposort(proto.graph)  # the converter appends the input Casts at the end of the node list
+    onnx.checker.check_model(proto)
+    onnx.save(proto, os.fspath(dst))
+    return Path(dst)
+
+
+def _toposort(graph) -> None:
+    """Reorder ``graph.node`` topologically in place (ONNX requires it; ORT and TensorRT do not check)."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = []
+        for n in pending:
+            if set(n.input) <= ready:
+                ordered.append(n)
+                ready.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise ValueError(f"graph has a cycle or a dangling input near node {rest[0].name!r}")
+        pending = rest
+    copies = [type(n)() for n in ordered]
+    for c, n in zip(copies, ordered):
+        c.CopyFrom(n)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+class FaceCalibrationReader:
+    """ORT ``CalibrationDataReader`` over aligned RGB uint8 crops (N,112,112,3), in batches."""
+
+    def __init__(self, faces: np.ndarray, input_name: str = "input", batch: int = 16):
+        self.faces, self.name, self.batch = faces, input_name, batch
+        self._pos = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._pos >= len(self.faces):
+            return None
+        x = to_input(self.faces[self._pos:self._pos + self.batch])
+        self._pos += self.batch
+        return {self.name: x}
+
+    def rewind(self) -> None:
+        self._pos = 0
+
+
+def lfw_people(lfw_root: str | os.PathLike, folds: Iterable[int] = range(1, 6)) -> set[str]:
+    """People in the given (1-based) ``pairs.txt`` folds: calibration uses folds 1-5 only, so
+    folds 6-10 stay unseen for evaluation (LFW folds are identity-disjoint)."""
+    from maskfr.training.data import LFW
+
+    want = {f - 1 for f in folds}
+    return {Path(x).parent.name for p in LFW(lfw_root).pairs() if p.fold in want for x in (p.a, p.b)}
+
+
+def calibration_faces(cache: str | os.PathLike | dict, people: set[str] | None = None, n: int = 256,
+                      masked_fraction: float = 0.5, seed: int = 0) -> np.ndarray:
+    """``n`` aligned crops from the aligned-face cache (keys img112, img112_masked, path), restricted to
+    ``people`` (folder names), ``masked_fraction`` of them masked so activation ranges cover both."""
+    if isinstance(cache, dict):
+        z = cache
+    else:
+        with np.load(cache, allow_pickle=False) as f:
+            z = {k: f[k] for k in ("path", "img112", "img112_masked")}
+    rows = np.arange(len(z["path"]))
+    if people is not None:
+        rows = rows[np.isin([Path(p).parent.name for p in z["path"]], sorted(people))]
+    if len(rows) == 0:
+        raise ValueError("no calibration faces: the cache holds none of the requested people")
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(rows, size=min(n, len(rows)), replace=False)
+    n_masked = int(round(len(pick) * masked_fraction))
+    return np.concatenate([z["img112_masked"][pick[:n_masked]], z["img112"][pick[n_masked:]]])
+
+
+def to_int8(src: str | os.PathLike, dst: str | os.PathLike, faces: np.ndarray, method: str = "minmax",
+            reduce_range: bool = False, ops: Sequence[str] = INT8_OPS) -> Path:
+    """Write the INT8 QDQ variant of ``src`` calibrated on ``faces`` (aligned RGB uint8 crops).
+
+    ``method``: ``minmax`` (cheap, the default) or ``percentile`` (99.999 %, clips outliers;
+    keeps histograms of every activation, so use a few hundred faces at most).
+    ``reduce_range`` (7-bit weights) avoids int16 saturation on x86 CPUs without VNNI at a
+    small accuracy cost; TensorRT does not need it.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if method not in methods:
+        raise ValueError(f"calibration method must be one of {sorted(methods)}, got {method!r}")
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+    if method == "percentile":
+        extra["CalibPercentile"] = 99.999
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = os.path.join(tmp, "pre.onnx")
+        # shape inference + ORT's basic fusions (Conv+Mul+Add folds the per-channel affines into the convs)
+        quant_pre_process(os.fspath(src), pre, skip_symbolic_shape=True)
+        quantize_static(pre, os.fspath(dst), FaceCalibrationReader(faces), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(ops), per_channel=True, reduce_range=reduce_range,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=methods[method], extra_options=extra)
+    _copy_metadata(src, dst)
+    return Path(dst)
+
+
+def _copy_metadata(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """The quantizer drops metadata_props; the variants must stay self-describing."""
+    import onnx
+
+    a, b = onnx.load(os.fspath(src)), onnx.load(os.fspath(dst))
+    if not b.metadata_props:
+        b.metadata_props.extend(a.metadata_props)
+        onnx.save(b, os.fspath(dst))
+
+
+def qdq_summary(path: str | os.PathLike) -> dict[str, int | bool]:
+    """What a TensorRT-bound QDQ model must satisfy: symmetric (zero point 0) int8 everywhere,
+    per-channel conv weights, no DequantizeLinear of an int32 (bias) tensor."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(os.fspath(path))
+    inits = {i.name: i for i in proto.graph.initializer}
+    conv_w = {n.input[1] for n in proto.graph.node if n.op_type == "Conv"}
+    out = {"quantize": 0, "dequantize": 0, "int32_dq": 0, "nonzero_zero_point": 0, "uint8": 0,
+           "per_channel_conv_weights": 0, "per_tensor_conv_weights": 0}
+    for node in proto.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        out["quantize" if node.op_type == "QuantizeLinear" else "dequantize"] += 1
+        zp = inits.get(node.input[2]) if len(node.input) > 2 else None
+        if zp is not None:
+            arr = numpy_helper.to_array(zp)
+            out["nonzero_zero_point"] += int(np.any(arr != 0))
+            out["uint8"] += int(arr.dtype == np.uint8)
+        if node.op_type == "DequantizeLinear":
+            x = inits.get(node.input[0])
+            if x is not None and x.data_type == onnx.TensorProto.INT32:
+                out["int32_dq"] += 1
+            if node.output[0] in conv_w:
+                scale = numpy_helper.to_array(inits[node.input[1]])
+                out["per_channel_conv_weights" if scale.size > 1 else "per_tensor_conv_weights"] += 1
+    out["tensorrt_ready"] = (out["int32_dq"] == 0 and out["nonzero_zero_point"] == 0 and out["uint8"] == 0
+                             and out["per_tensor_conv_weights"] == 0 and out["dequantize"] > 0)
+    return out
+
+
+__all__ = ["FaceCalibrationReader", "INT8_OPS", "calibration_faces", "lfw_people", "qdq_summary", "to_fp16",
+           "to_int8"]

@@ -54,3 +54,43 @@ def onnx_embedder(model: str | Path, batch: int = 64) -> Callable[[dict], Callab
     def make(cache: dict) -> Callable[[bool], np.ndarray]:
         return lambda masked: l2n(run(cache["img112_masked" if masked else "img112"]))
     return make
+
+
+def torch_embedder(model, batch: int = 128) -> Callable[[dict], Callable[[bool], np.ndarray]]:
+    """A torch student (112x112 crops in, unit vectors out), evaluated before export."""
+    import torch
+
+    from maskfr.align import to_input
+    model.eval()
+
+    @torch.inference_mode()
+    def run(imgs: np.ndarray) -> np.ndarray:
+        return np.concatenate([model(torch.from_numpy(to_input(imgs[i:i + batch]))).numpy()
+                               for i in range(0, len(imgs), batch)])
+
+    def make(cache: dict) -> Callable[[bool], np.ndarray]:
+        return lambda masked: l2n(run(cache["img112_masked" if masked else "img112"]))
+    return make
+
+
+def inpaint_teacher_embedder(student, decoder, batch: int = 64) -> Callable[[dict], Callable[[bool], np.ndarray]]:
+    """Inpaint-then-teacher: our inpainter fills the face (in dlib's chip frame), dlib's ResNet embeds it."""
+    import torch
+
+    from maskfr.align import to_input
+    from maskfr.training.teacher import load_dlib_resnet
+    teacher = load_dlib_resnet()
+    student.eval()
+    decoder.eval()
+
+    @torch.inference_mode()
+    def run(imgs: np.ndarray) -> np.ndarray:
+        out = []
+        for i in range(0, len(imgs), batch):
+            chip = decoder(student.encoder(torch.from_numpy(to_input(imgs[i:i + batch]))))
+            out.append(teacher(teacher.normalize(chip * 127.5 + 127.5)).numpy())
+        return np.concatenate(out)
+
+    def make(cache: dict) -> Callable[[bool], np.ndarray]:
+        return lambda masked: l2n(run(cache["img112_masked" if masked else "img112"]))
+    return make

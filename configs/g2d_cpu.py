@@ -1,0 +1,18 @@
+"""G2D on a 2-core CPU (~40 min): short stages, all data, dlib-initialised student."""
+config = dict(
+    name="g2d_cpu",
+    seed=0,
+    train_lfw_folds=[1, 2, 3, 4, 5],  # people.txt folds used for training; pairs of folds 6-10 are the test
+    use_celeba=True,
+    batch_size=64,
+    p_mask=0.75,  # share of training samples that get a fresh synthetic mask
+    generative_pretraining=True,  # False = the paper's ablation (no inpainting stage)
+    stages=dict(
+        inpaint=dict(epochs=1, lr_encoder=2e-4, lr_decoder=1e-3, hole_weight=5.0, max_steps=90),
+        reformer=dict(epochs=1, lr_encoder=5e-5, lr_reformer=2e-4, tau=0.1, w_relation=1.0, w_instance=1.0,
+                      max_steps=140),
+        classifier=dict(epochs=1, lr_head=1e-2, lr_reformer=5e-5, margin=0.2, scale=30.0, w_kd=1.0, max_steps=60),
+    ),
+    threads=2,
+    workers=1,
+)

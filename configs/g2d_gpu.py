@@ -1,0 +1,19 @@
+"""G2D on one GPU: the same recipe, longer stages and bigger batches (relation KD likes big batches)."""
+config = dict(
+    name="g2d_gpu",
+    seed=0,
+    train_lfw_folds=[1, 2, 3, 4, 5],
+    use_celeba=True,
+    batch_size=256,
+    p_mask=0.75,
+    generative_pretraining=True,
+    stages=dict(
+        inpaint=dict(epochs=20, lr_encoder=2e-4, lr_decoder=1e-3, hole_weight=5.0, max_steps=None),
+        reformer=dict(epochs=30, lr_encoder=5e-5, lr_reformer=2e-4, tau=0.1, w_relation=1.0, w_instance=1.0,
+                      max_steps=None),
+        classifier=dict(epochs=10, lr_head=1e-2, lr_reformer=5e-5, margin=0.2, scale=30.0, w_kd=1.0,
+                        max_steps=None),
+    ),
+    threads=16,
+    workers=8,
+)

@@ -1,0 +1,299 @@
+"""``maskfr train CONFIG``: G2D's three modules, trained greedily, one resumable stage after another.
+
+1. inpaint    generative encoder + decoder: masked crop -> unmasked face (dlib-initialised encoder)
+2. reformer   encoder + reformer: relation (and instance) distillation from the teacher; the
+              student sees masked faces, the teacher the same faces unmasked
+3. classifier CosFace head over training identities, reformer fine-tuned with the KD terms kept
+
+Each stage writes ``<run>/<stage>.pt`` when done and ``<run>/<stage>.partial.pt`` after every
+epoch; re-running the same command resumes where it stopped and gives the same weights as an
+uninterrupted run (data order and masks are seeded by (seed, stage, epoch, index)).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from maskfr.align import to_input
+from maskfr.training.losses import inpaint_loss, instance_kd, relation_kd
+from maskfr.training.masks import MaskSynth
+from maskfr.training.models import CosFaceHead, Decoder, G2DStudent, create_student
+
+STAGES = ("inpaint", "reformer", "classifier")
+
+
+def load_config(path: str | Path) -> dict:
+    """A config is a Python file defining ``config = dict(...)``."""
+    spec = importlib.util.spec_from_file_location("maskfr_config", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return dict(mod.config)
+
+
+def git_rev() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+@dataclass
+class TrainSet:
+    """Aligned training faces: crops, their landmarks, teacher embeddings of the unmasked face, labels."""
+    img112: np.ndarray  # (N,112,112,3) uint8 RGB
+    lm68_112: np.ndarray  # (N,68,2)
+    teacher: np.ndarray  # (N,128) float32, L2-normalised
+    labels: np.ndarray  # (N,) int64
+    n_classes: int
+
+
+class MaskedFaces(torch.utils.data.Dataset):
+    """Fresh masks every epoch, reproducible: the mask of item i in epoch e depends on (seed, stage, e, i) only."""
+
+    def __init__(self, data: TrainSet, synth: MaskSynth, p_mask: float, seed: int, stage: int):
+        self.d, self.synth, self.p_mask, self.seed, self.stage = data, synth, p_mask, seed, stage
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.d.labels)
+
+    def __getitem__(self, i: int):
+        rng = np.random.default_rng([self.seed, self.stage, self.epoch, i])
+        clean = self.d.img112[i]
+        if rng.random() < self.p_mask:
+            masked, occ = self.synth(clean, self.d.lm68_112[i], rng)
+        else:
+            masked, occ = clean, np.zeros(clean.shape[:2], bool)
+        return (torch.from_numpy(to_input(masked)[0]), torch.from_numpy(to_input(clean)[0]),
+                torch.from_numpy(occ[None].astype(np.float32)), torch.from_numpy(self.d.teacher[i]),
+                int(self.d.labels[i]))
+
+
+def teacher_embeddings(chips: np.ndarray, cache_file: Path) -> np.ndarray:
+    """dlib teacher (our torch port) on unmasked chips, L2-normalised, cached on disk."""
+    if cache_file.exists():
+        return np.load(cache_file)
+    from maskfr.training.teacher import DlibTeacher
+    emb = DlibTeacher(batch_size=128)(chips)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(".tmp.npy")
+    np.save(tmp, emb)
+    tmp.rename(cache_file)
+    return emb
+
+
+def build_trainset(cfg: dict, lfw_cache: dict | None, celeba_cache: dict | None, lfw_root: Path | None,
+                   cache_dir: Path) -> TrainSet:
+    """Training faces: LFW people of the configured folds (never the test folds) plus CelebA."""
+    parts = []
+    if lfw_cache is not None:
+        from maskfr.training.data import LFW
+        folds = LFW(lfw_root).people_folds()
+        people = {p for f in cfg["train_lfw_folds"] for p in folds[f - 1]}
+        parts.append((lfw_cache, np.isin(lfw_cache["identity"], sorted(people)), "lfw"))
+    if celeba_cache is not None and cfg.get("use_celeba", True):
+        parts.append((celeba_cache, celeba_cache["found"].astype(bool), "celeba"))
+    imgs, lms, teach, ids = [], [], [], []
+    for cache, keep, tag in parts:
+        rows = np.flatnonzero(keep)
+        key = tag + "-" + hashlib.sha1("\n".join(cache["path"][rows].tolist()).encode()).hexdigest()[:12]
+        teach.append(teacher_embeddings(cache["chip150"][rows], cache_dir / f"teacher-{key}.npy"))
+        imgs.append(cache["img112"][rows])
+        lms.append(cache["lm68_112"][rows])
+        ids.append(cache["identity"][rows])
+    identity = np.concatenate(ids)
+    names, labels = np.unique(identity, return_inverse=True)
+    return TrainSet(np.concatenate(imgs), np.concatenate(lms).astype(np.float32),
+                    np.concatenate(teach).astype(np.float32), labels.astype(np.int64), len(names))
+
+
+class Trainer:
+    """Runs the stages of one config into ``run_dir``; every stage resumable."""
+
+    def __init__(self, cfg: dict, data: TrainSet, synth: MaskSynth, run_dir: Path, pretrained: bool = True):
+        self.cfg, self.data, self.synth, self.run = cfg, data, synth, Path(run_dir)
+        self.run.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg["seed"])
+        self.student: G2DStudent = create_student(pretrained=pretrained)
+        self.decoder = Decoder()
+        self.head = CosFaceHead(data.n_classes, s=cfg["stages"]["classifier"]["scale"],
+                                m=cfg["stages"]["classifier"]["margin"])
+        self.log = open(self.run / "log.jsonl", "a")
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _state(self, stage: str, epoch: int, opt: torch.optim.Optimizer | None) -> dict:
+        return {"model": self.student.state_dict(), "decoder": self.decoder.state_dict(),
+                "head": self.head.state_dict(), "optimizer": opt.state_dict() if opt else None,
+                "stage": stage, "epoch": epoch, "config": self.cfg, "git_rev": git_rev(),
+                "torch_rng": torch.get_rng_state()}
+
+    def _save(self, state: dict, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+    def _load(self, path: Path, opt: torch.optim.Optimizer | None = None) -> dict:
+        st = torch.load(path, map_location="cpu", weights_only=False)
+        self.student.load_state_dict(st["model"])
+        self.decoder.load_state_dict(st["decoder"])
+        self.head.load_state_dict(st["head"])
+        if opt is not None and st.get("optimizer"):
+            opt.load_state_dict(st["optimizer"])
+        torch.set_rng_state(st["torch_rng"])
+        return st
+
+    # -- stages --------------------------------------------------------------------------------
+    def _optimizer(self, stage: str) -> torch.optim.Optimizer:
+        s = self.cfg["stages"][stage]
+        enc, ref = self.student.encoder.parameters(), self.student.reformer.parameters()
+        if stage == "inpaint":
+            groups = [{"params": enc, "lr": s["lr_encoder"]}, {"params": self.decoder.parameters(), "lr": s["lr_decoder"]}]
+        elif stage == "reformer":
+            groups = [{"params": enc, "lr": s["lr_encoder"]}, {"params": ref, "lr": s["lr_reformer"]}]
+        else:
+            groups = [{"params": ref, "lr": s["lr_reformer"]}, {"params": self.head.parameters(), "lr": s["lr_head"]}]
+        return torch.optim.Adam(groups)
+
+    def _loss(self, stage: str, batch) -> tuple[torch.Tensor, dict]:
+        s = self.cfg["stages"][stage]
+        masked, clean, occ, teacher, labels = batch
+        if stage == "inpaint":
+            out = self.decoder(self.student.encoder(masked))
+            target = self.student.encoder.chip(clean)
+            occ_chip = (self.student.encoder.chip(occ) > 0.5).float()
+            loss = inpaint_loss(out, target, occ_chip, s["hole_weight"])
+            return loss, {"l1": loss.item()}
+        emb = self.student(masked)
+        rel, inst = relation_kd(emb, teacher, s.get("tau", 0.1)), instance_kd(emb, teacher)
+        if stage == "reformer":
+            loss = s["w_relation"] * rel + s["w_instance"] * inst
+            return loss, {"relation": rel.item(), "instance": inst.item()}
+        ce = F.cross_entropy(self.head(emb, labels), labels)
+        loss = ce + s["w_kd"] * (rel + inst)
+        return loss, {"ce": ce.item(), "relation": rel.item(), "instance": inst.item()}
+
+    def run_stage(self, stage: str, prev: Path | None) -> Path:
+        done = self.run / f"{stage}.pt"
+        if done.exists():
+            self._load(done)
+            return done
+        s = self.cfg["stages"][stage]
+        opt = self._optimizer(stage)
+        partial = self.run / f"{stage}.partial.pt"
+        start = 0
+        if partial.exists():
+            start = self._load(partial, opt)["epoch"] + 1
+        elif prev is not None:
+            self._load(prev)
+        ds = MaskedFaces(self.data, self.synth, self.cfg["p_mask"], self.cfg["seed"], STAGES.index(stage))
+        train_mods = {"inpaint": (self.student.encoder, self.decoder),
+                      "reformer": (self.student,), "classifier": (self.student.reformer, self.head)}[stage]
+        for epoch in range(start, s["epochs"]):
+            ds.epoch = epoch
+            order = torch.Generator().manual_seed(self.cfg["seed"] * 1000 + STAGES.index(stage) * 100 + epoch)
+            loader = torch.utils.data.DataLoader(
+                ds, batch_size=self.cfg["batch_size"], sampler=torch.utils.data.RandomSampler(ds, generator=order),
+                num_workers=self.cfg["workers"], drop_last=True, persistent_workers=False)
+            self.student.eval()  # dlib's "affine" layers are frozen statistics: no train/eval difference
+            for m in train_mods:
+                m.train()
+            t0, n = time.time(), 0
+            for step, batch in enumerate(loader):
+                if s.get("max_steps") and step >= s["max_steps"]:
+                    break
+                loss, parts = self._loss(stage, batch)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                n += len(batch[0])
+                if step % self.cfg.get("log_every", 10) == 0:
+                    rec = {"stage": stage, "epoch": epoch, "step": step, "loss": loss.item(), **parts,
+                           "img_per_s": n / (time.time() - t0)}
+                    self.log.write(json.dumps(rec) + "\n")
+                    self.log.flush()
+                    print(json.dumps(rec), flush=True)
+            self._save(self._state(stage, epoch, opt), partial)
+        self._save(self._state(stage, s["epochs"] - 1, None), done)
+        partial.unlink(missing_ok=True)
+        return done
+
+    def fit(self) -> Path:
+        prev = None
+        for stage in STAGES:
+            if stage == "inpaint" and not self.cfg.get("generative_pretraining", True):
+                continue
+            prev = self.run_stage(stage, prev)
+        final = self.run / "final.pt"
+        st = torch.load(prev, map_location="cpu", weights_only=False)
+        self._save({"model": st["model"], "decoder": st["decoder"], "config": self.cfg, "git_rev": st["git_rev"],
+                    "stage": "final"}, final)
+        return final
+
+
+def save_inpaint_grid(student: G2DStudent, decoder: Decoder, masked: np.ndarray, clean: np.ndarray,
+                      path: Path) -> None:
+    """PNG rows of masked | inpainted | original (all in dlib's chip frame) so a person can judge it."""
+    import cv2
+    with torch.inference_mode():
+        student.eval()
+        decoder.eval()
+        out = decoder(student.encoder(torch.from_numpy(to_input(masked))))
+        src = student.encoder.chip(torch.from_numpy(to_input(masked)))
+        ref = student.encoder.chip(torch.from_numpy(to_input(clean)))
+    to_img = lambda t: np.clip(t.permute(0, 2, 3, 1).numpy() * 127.5 + 127.5, 0, 255).astype(np.uint8)  # noqa: E731
+    rows = [np.hstack([a, b, c]) for a, b, c in zip(to_img(src), to_img(out), to_img(ref))]
+    cv2.imwrite(str(path), cv2.cvtColor(np.vstack(rows), cv2.COLOR_RGB2BGR))
+
+
+def train_from_args(a) -> int:
+    """Entry point of ``maskfr train`` (argument parsing lives in the CLI)."""
+    import ast
+
+    from maskfr.training import cache as fc
+    from maskfr.training.data import LFW, celeba
+    from maskfr.training.embedders import inpaint_teacher_embedder, torch_embedder
+    from maskfr.training.evaluate import TABLE_HEADER, evaluate, lfw_pairs, markdown_rows
+    cfg = load_config(a.config)
+    for kv in a.set or []:
+        k, _, v = kv.partition("=")
+        cfg[k] = ast.literal_eval(v)
+    torch.set_num_threads(cfg["threads"])
+    run = Path(a.run or fc.CACHE_ROOT / "runs" / cfg["name"])
+    lfw_root = Path(a.lfw)
+    lfw_cache = fc.load(fc.build(LFW(lfw_root).samples(), fc.CACHE_ROOT / "lfw.npz", a.masks))
+    cel = fc.load(fc.build(celeba(a.celeba), fc.CACHE_ROOT / "celeba.npz", a.masks)) if a.celeba else None
+    data = build_trainset(cfg, lfw_cache, cel, lfw_root, fc.CACHE_ROOT)
+    print(f"training faces: {len(data.labels)}, identities: {data.n_classes}")
+    trainer = Trainer(cfg, data, MaskSynth(a.masks), run)
+    final = trainer.fit()
+    print(f"checkpoint: {final}")
+    if not a.eval:
+        return 0
+    test_folds = [f for f in range(1, 11) if f not in cfg["train_lfw_folds"]]
+    pairs = lfw_pairs(lfw_root, test_folds)
+    need = sorted({p.a for p in pairs} | {p.b for p in pairs})
+    rows = np.flatnonzero(np.isin(lfw_cache["path"], need))
+    sub = {k: v[rows] for k, v in lfw_cache.items()}
+    lines = list(TABLE_HEADER)
+    rep = evaluate(torch_embedder(trainer.student)(sub), sub, pairs, run, cfg["name"])
+    lines += markdown_rows(rep)
+    if cfg.get("generative_pretraining", True):
+        save_inpaint_grid(trainer.student, trainer.decoder, sub["img112_masked"][:8], sub["img112"][:8],
+                          run / "inpaint_examples.png")
+        rep = evaluate(inpaint_teacher_embedder(trainer.student, trainer.decoder)(sub), sub, pairs, run,
+                       "inpaint-then-teacher")
+        lines += markdown_rows(rep)
+    print("\n".join(lines))
+    (run / "table.md").write_text("\n".join(lines) + "\n")
+    return 0

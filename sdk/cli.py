@@ -25,7 +25,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
     from maskfr.training import cache as fc
     from maskfr.training.data import LFW
-    from maskfr.training.embedders import dlib_embedder, onnx_embedder
+    from maskfr.training.embedders import dlib_embedder, dlib_port_embedder, onnx_embedder
     from maskfr.training.evaluate import TABLE_HEADER, evaluate, lfw_pairs, markdown_rows
     pairs = lfw_pairs(a.lfw, _folds(a.folds))
     cache_path = Path(a.cache) if a.cache else fc.CACHE_ROOT / "lfw.npz"
@@ -37,7 +37,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     cache = fc.load(cache_path)
     rows = np.flatnonzero(np.isin(cache["path"], need))
     sub = {k: v[rows] for k, v in cache.items()}
-    make = dlib_embedder if a.model == "dlib" else onnx_embedder(a.model)
+    make = {"dlib": dlib_embedder, "dlib-port": dlib_port_embedder}.get(a.model) or onnx_embedder(a.model)
     name = a.name or Path(a.model).stem
     report = evaluate(make(sub), sub, pairs, a.out, name)
     if a.json:
@@ -48,6 +48,11 @@ def cmd_eval(a: argparse.Namespace) -> int:
               f" masked {d['found_masked']}/{d['found_unmasked']} ({100 * d['rate_masked']:.1f} %)")
         print("\n".join(TABLE_HEADER + markdown_rows(report)))
     return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from maskfr.training.train import train_from_args
+    return train_from_args(a)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true")
     m.set_defaults(fn=cmd_mask)
     e = sub.add_parser("eval", help="LFW verification, unmasked and masked, with detection rates")
-    e.add_argument("--model", default="dlib", help="'dlib' (the teacher) or a path to an ONNX student")
+    e.add_argument("--model", default="dlib", help="'dlib' (the teacher, through dlib), 'dlib-port' (the same network, our batched "
+                   "torch port) or a path to an ONNX student")
     e.add_argument("--name", help="row name in the table (default: model file stem)")
     e.add_argument("--lfw", required=True, help="LFW root (images_*/, pairs.txt, people.txt)")
     e.add_argument("--masks", help="MaskTheFace templates folder, used when the cache must be built")
@@ -70,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="eval_out", help="folder for the JSON report and ROC plot")
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_eval)
+    t = sub.add_parser("train", help="train G2D (inpaint -> reformer -> classifier), resumable")
+    t.add_argument("config", help="a configs/*.py file")
+    t.add_argument("--lfw", required=True)
+    t.add_argument("--celeba", help="CelebA-style folder (images/ + identity.txt) added to training")
+    t.add_argument("--masks", help="MaskTheFace templates folder")
+    t.add_argument("--run", help="run folder (default ~/.cache/maskfr/runs/<config name>)")
+    t.add_argument("--set", action="append", help="override a config key, e.g. --set generative_pretraining=False")
+    t.add_argument("--eval", action="store_true", help="evaluate on the held-out LFW folds when done")
+    t.set_defaults(fn=cmd_train)
     return p
 
 

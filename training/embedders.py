@@ -39,6 +39,14 @@ def dlib_embedder(cache: dict) -> Callable[[bool], np.ndarray]:
     return lambda masked: _cached("dlib", cache, dlib_embed, "chip150_masked" if masked else "chip150")
 
 
+def dlib_port_embedder(cache: dict) -> Callable[[bool], np.ndarray]:
+    """dlib's ResNet through our parity-tested torch port (batched; ~10x faster than dlib on CPU)."""
+    def compute(chips: np.ndarray) -> np.ndarray:
+        from maskfr.training.teacher import DlibTeacher
+        return DlibTeacher(batch_size=128)(chips)
+    return lambda masked: _cached("dlibport", cache, compute, "chip150_masked" if masked else "chip150")
+
+
 def onnx_embedder(model: str | Path, batch: int = 64) -> Callable[[dict], Callable[[bool], np.ndarray]]:
     """An exported student (112x112 ArcFace crops, RGB, (x-127.5)/127.5) under ONNX Runtime."""
     import onnxruntime as ort

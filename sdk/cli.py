@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", help="override a config key, e.g. --set generative_pretraining=False")
     t.add_argument("--eval", action="store_true", help="evaluate on the held-out LFW folds when done")
     t.set_defaults(fn=cmd_train)
+    from maskfr.cli_runtime import add_runtime_commands
+    add_runtime_commands(sub)
     return p
 
 

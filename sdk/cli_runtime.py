@@ -1,0 +1,365 @@
+"""Runtime sub-commands of ``maskfr``: embed, verify, enroll, identify, calibrate, bench, demo.
+
+Exit codes scripts can rely on: 0 ok (same person / identified), 1 no match / not the same
+person / no face found, 2 bad input or a missing component (model, detector, backend).
+``--json`` prints one JSON object on stdout; progress goes to stderr and only for long loops.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+DEMO_FACES = Path(__file__).resolve().parent / "data" / "demo_faces.json"
+
+
+def _recognizer(a: argparse.Namespace) -> Any:
+    from maskfr.recognizer import FaceRecognizer
+    return FaceRecognizer(a.model, backend=a.backend, threshold=getattr(a, "threshold", None))
+
+
+def _progress(items: list, what: str, enabled: bool = True) -> Iterable:
+    """Yield items, drawing a one-line bar on stderr when there are many and stderr is a terminal."""
+    show = enabled and len(items) > 20 and sys.stderr.isatty()
+    for i, item in enumerate(items):
+        if show:
+            done = 30 * i // len(items)
+            print(f"\r{what} [{'#' * done}{'.' * (30 - done)}] {i}/{len(items)}", end="", file=sys.stderr)
+        yield item
+    if show:
+        print(f"\r{what} done: {len(items)}".ljust(60), file=sys.stderr)
+
+
+def _face_json(f: Any, with_embedding: bool = False) -> dict:
+    d = {"box": [round(float(v), 1) for v in f.box], "score": round(f.score, 4), "masked": f.masked,
+         "mask_score": None if f.mask_score is None else round(f.mask_score, 4)}
+    if with_embedding:
+        d["embedding"] = [round(float(v), 6) for v in f.embedding]
+    return d
+
+
+def _folder_images(root: Path) -> dict[str, list[Path]]:
+    """root/<identity>/*.jpg -> {identity: [paths]}."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"folder {root} does not exist")
+    out = {d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+           for d in sorted(root.iterdir()) if d.is_dir()}
+    out = {k: v for k, v in out.items() if v}
+    if not out:
+        raise ValueError(f"{root} has no <identity>/ sub-folders with images")
+    return out
+
+
+# -- commands -----------------------------------------------------------------------------------
+def cmd_embed(a: argparse.Namespace) -> int:
+    rec = _recognizer(a)
+    results, all_emb, missing = [], [], 0
+    for path in _progress(a.images, "embedding", not a.json):
+        if a.aligned:
+            e = rec.embed([path], aligned=True)
+            results.append({"image": path, "faces": [{"embedding": e[0].round(6).tolist()} if a.json else {}]})
+            all_emb.append(e)
+            continue
+        faces = rec.analyze([path])[0]
+        missing += not faces
+        all_emb += [f.embedding[None] for f in faces]
+        results.append({"image": path, "faces": [_face_json(f, a.json) for f in faces]})
+    if a.out:
+        np.save(a.out, np.concatenate(all_emb) if all_emb else np.zeros((0, 128), np.float32))
+    if a.json:
+        print(json.dumps({"images": results, "out": a.out}))
+    else:
+        for r in results:
+            masked = sum(bool(f.get("masked")) for f in r["faces"])
+            print(f"{r['image']}: {len(r['faces'])} face(s), {masked} masked")
+        if a.out:
+            print(f"wrote {sum(len(e) for e in all_emb)} embeddings to {a.out}")
+    return 1 if missing else 0
+
+
+def cmd_verify(a: argparse.Namespace) -> int:
+    rec = _recognizer(a)
+    fa, fb = rec.face(a.a, "first image"), rec.face(a.b, "second image")
+    r = rec.verify(fa.embedding, fb.embedding)
+    if a.json:
+        print(json.dumps({"similarity": round(r.similarity, 6), "same": r.same, "threshold": r.threshold,
+                          "masked": [fa.masked, fb.masked], "model_version": rec.model_version}))
+    else:
+        print(f"{'SAME' if r.same else 'DIFFERENT'} person: similarity {r.similarity:.4f} "
+              f"(threshold {r.threshold:.4f}; masked: {fa.masked}, {fb.masked})")
+    return 0 if r.same else 1
+
+
+def cmd_enroll(a: argparse.Namespace) -> int:
+    from maskfr.gallery import Gallery
+    rec = _recognizer(a)
+    path = Path(a.gallery)
+    gallery = Gallery.load(path) if path.exists() else rec.new_gallery()
+    report: dict[str, Any] = {}
+    if a.remove:
+        gallery.remove(a.remove)
+        report["removed"] = a.remove
+    if a.rename:
+        gallery.rename(*a.rename)
+        report["renamed"] = a.rename
+    if a.folder:
+        root = Path(a.folder)
+        people = {a.identity: sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)} \
+            if a.identity else _folder_images(root)
+        enrolled, no_face = {}, 0
+        for name, paths in _progress(list(people.items()), "enrolling", not a.json):
+            n = rec.enroll(gallery, name, paths)
+            enrolled[name], no_face = n, no_face + len(paths) - n
+        report.update(enrolled=enrolled, images_without_face=no_face)
+    gallery.save(path)
+    report.update(gallery=str(path), identities=len(gallery), templates=gallery.n_templates)
+    if a.json:
+        print(json.dumps(report))
+    else:
+        print(f"{path}: {len(gallery)} identities, {gallery.n_templates} templates"
+              + (f"; enrolled {sum(report['enrolled'].values())} faces, {report['images_without_face']} images "
+                 "without a face" if "enrolled" in report else ""))
+    return 0
+
+
+def cmd_identify(a: argparse.Namespace) -> int:
+    from maskfr.gallery import Gallery
+    rec = _recognizer(a)
+    gallery = Gallery.load(a.gallery)
+    out, found = [], False
+    for img in a.images:
+        res = rec.identify(img, gallery, a.top_k)
+        found |= any(r.identity for r in res)
+        out.append({"image": img, "faces": [dict(_face_json(r.face), identity=r.identity,
+                    matches=[{"identity": m.identity, "similarity": round(m.similarity, 6)} for m in r.matches])
+                    for r in res]})
+    if a.json:
+        print(json.dumps({"results": out, "threshold": rec.threshold}))
+    else:
+        for o in out:
+            names = [f"{f['identity'] or 'unknown'} ({f['matches'][0]['similarity']:.3f})" if f["matches"] else "unknown"
+                     for f in o["faces"]]
+            print(f"{o['image']}: " + (", ".join(names) if names else "no face"))
+    return 0 if found else 1
+
+
+def calibrate(embeddings: np.ndarray, labels: np.ndarray, far: float, max_impostors: int = 2_000_000,
+              seed: int = 0) -> dict:
+    """Threshold for a target FAR from all genuine pairs and (up to ``max_impostors``) impostor pairs."""
+    from maskfr.metrics import tar_at_far
+    n = len(labels)
+    i, j = np.triu_indices(n, 1)
+    if len(i) > max_impostors:  # keep every genuine pair, sample impostors
+        gen = labels[i] == labels[j]
+        rng = np.random.default_rng(seed)
+        keep = gen | (rng.random(len(i)) < max_impostors / len(i))
+        i, j = i[keep], j[keep]
+    scores = np.einsum("nd,nd->n", embeddings[i], embeddings[j])
+    same = labels[i] == labels[j]
+    if same.sum() == 0 or (~same).sum() == 0:
+        raise ValueError("calibration needs at least one identity with 2+ images and 2+ identities")
+    tar, thr = tar_at_far(scores, same, far)
+    if (~same).sum() * far < 10:
+        note = f"only {(~same).sum()} impostor pairs: FAR {far:g} is poorly estimated (want >= {int(10 / far)})"
+    else:
+        note = ""
+    return {"far": far, "threshold": thr, "tar": tar, "genuine_pairs": int(same.sum()),
+            "impostor_pairs": int((~same).sum()), "note": note}
+
+
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    rec = _recognizer(a)
+    people = _folder_images(Path(a.folder))
+    embs, labels, no_face = [], [], 0
+    items = [(k, name, p) for k, (name, paths) in enumerate(people.items()) for p in paths]
+    for k, _, p in _progress(items, "embedding", not a.json):
+        faces = rec.analyze([p])[0]
+        if faces:
+            embs.append(faces[0].embedding)
+            labels.append(k)
+        no_face += not faces
+    report = calibrate(np.stack(embs), np.array(labels), a.far)
+    report.update(images=len(items), images_without_face=no_face, model_version=rec.model_version)
+    if a.json:
+        print(json.dumps(report))
+    else:
+        print(f"threshold {report['threshold']:.4f} -> TAR {100 * report['tar']:.2f} % at FAR {a.far:g} "
+              f"({report['genuine_pairs']} genuine / {report['impostor_pairs']} impostor pairs, "
+              f"{no_face} of {len(items)} images without a face)")
+        if report["note"]:
+            print("note:", report["note"])
+    return 0
+
+
+def _timeit(fn: Callable[[], Any], seconds: float) -> float:
+    fn()  # warm-up
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        fn()
+        n += 1
+    return (time.perf_counter() - t0) / n
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from maskfr.align import similarity_transform, template
+    from maskfr.gallery import Gallery
+    from maskfr.preprocess import preprocess
+    rec = _recognizer(a)
+    rng = np.random.default_rng(0)
+    rows = []
+    for b in (int(v) for v in a.batch.split(",")):
+        x = rng.uniform(-1, 1, (b, 3, 112, 112)).astype(np.float32)
+        t = _timeit(lambda: rec.runner.infer(x), a.seconds)
+        rows.append({"stage": "embed", "backend": rec.runner.name, "batch": b, "ms": 1e3 * t, "faces_per_s": b / t})
+        frame = rng.integers(0, 255, (720, 1280, 3), np.uint8)
+        mats = np.stack([similarity_transform(template(112) * 2 + 300, template(112))] * b)
+        t = _timeit(lambda: preprocess([frame], np.zeros(b, np.int64), mats, backend=rec.preprocess_backend), a.seconds)
+        rows.append({"stage": "preprocess", "batch": b, "ms": 1e3 * t, "faces_per_s": b / t})
+    g = Gallery(128)
+    e = rng.standard_normal((a.gallery_size, 128)).astype(np.float32)
+    g._emb, g._label, g._names = e / np.linalg.norm(e, axis=1, keepdims=True), np.arange(a.gallery_size), \
+        [str(i) for i in range(a.gallery_size)]
+    t = _timeit(lambda: g.search(e[0], 5), a.seconds)
+    rows.append({"stage": "gallery_search", "backend": g.backend(), "identities": a.gallery_size, "ms": 1e3 * t})
+    if a.json:
+        print(json.dumps({"results": rows}))
+    else:
+        for r in rows:
+            print("  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+    return 0
+
+
+def _demo_images() -> list[tuple[str, str, np.ndarray]]:
+    import cv2
+    data = json.loads(DEMO_FACES.read_text())
+    return [(d["identity"], d["file"], cv2.imdecode(np.frombuffer(base64.b64decode(d["jpeg_base64"]), np.uint8), 1))
+            for d in data["images"]]
+
+
+def _draw_mask(img: np.ndarray, landmarks: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """A plain blue surgical-style mask from below the eyes to the chin (for the demo only)."""
+    import cv2
+    out = img.copy()
+    eyes_y = landmarks[:2, 1].mean()
+    top = eyes_y + 0.45 * (landmarks[2, 1] - eyes_y)
+    l, r, b = box[0] + 2, box[2] - 2, box[3] + 0.05 * (box[3] - box[1])
+    poly = np.array([[l, top], [r, top], [r - 0.1 * (r - l), b], [l + 0.1 * (r - l), b]], np.int32)
+    cv2.fillPoly(out, [poly], (200, 170, 110))
+    return out
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    """Verify and identify the bundled photos, unmasked and with a drawn mask; everything offline."""
+    from maskfr.recognizer import DEFAULT_MODEL, FaceRecognizer
+    if a.model is None and not DEFAULT_MODEL.exists():
+        print(f"maskfr demo: the default model {DEFAULT_MODEL.name} is not installed in this build yet; "
+              "run with --model PATH.onnx", file=sys.stderr)
+        return 2
+    try:
+        rec = FaceRecognizer(a.model, backend=a.backend)
+        photos = _demo_images()
+        faces = [rec.face(img, name) for _, name, img in photos]
+    except RuntimeError as exc:  # e.g. no detector in this build
+        print(f"maskfr demo: {exc}", file=sys.stderr)
+        return 2
+    masked_img = _draw_mask(photos[0][2], faces[0].landmarks, faces[0].box)
+    masked = rec.face(masked_img, "masked photo")
+    gallery = rec.new_gallery()
+    for (who, _, _), f in zip(photos[1:], faces[1:]):
+        gallery.add(who, f.embedding)
+    trials = [(f"{photos[0][1]} vs {photos[1][1]}", faces[0], faces[1]),
+              (f"{photos[0][1]} vs {photos[2][1]}", faces[0], faces[2]),
+              (f"{photos[0][1]} + drawn mask vs {photos[1][1]}", masked, faces[1]),
+              (f"{photos[0][1]} + drawn mask vs {photos[2][1]}", masked, faces[2])]
+    rows = []
+    for label, fa, fb in trials:
+        r = rec.verify(fa.embedding, fb.embedding)
+        rows.append({"pair": label, "similarity": round(r.similarity, 4), "same": r.same,
+                     "masked": [fa.masked, fb.masked]})
+    best = gallery.search(masked.embedding, 2)[0]
+    ident = {"probe": f"{photos[0][1]} + drawn mask", "identity": best[0].identity if best[0].similarity >= rec.threshold
+             else None, "matches": [{"identity": m.identity, "similarity": round(m.similarity, 4)} for m in best]}
+    expected = [True, False, True, False]
+    ok = [r["same"] for r in rows] == expected and ident["identity"] == photos[0][0]
+    if a.json:
+        print(json.dumps({"model_version": rec.model_version, "backend": rec.runner.name, "threshold": rec.threshold,
+                          "verify": rows, "identify": ident, "all_correct": ok}))
+    else:
+        print(f"maskfr demo: model {rec.model_version} on {rec.runner.name}, threshold {rec.threshold:.3f}")
+        for r in rows:
+            print(f"  {r['pair']:<52} similarity {r['similarity']:+.3f}  {'SAME' if r['same'] else 'different'}"
+                  f"  (mask detected: {r['masked'][0]})")
+        top = ", ".join(f"{m['identity']} {m['similarity']:.3f}" for m in ident["matches"])
+        print(f"  identify {ident['probe']}: {ident['identity'] or 'unknown'} (top: {top})")
+        print("all correct" if ok else "some answers differ from the truth (see above)")
+    return 0 if ok else 1
+
+
+# -- parser -------------------------------------------------------------------------------------
+def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Missing components (model, detector, backend) are exit code 2 with a one-line message."""
+    def run(a: argparse.Namespace) -> int:
+        try:
+            return fn(a)
+        except RuntimeError as exc:
+            print(f"maskfr {a.cmd}: error: {exc}", file=sys.stderr)
+            return 2
+    return run
+
+
+def add_runtime_commands(sub: argparse._SubParsersAction) -> None:
+    """Register the runtime sub-commands on ``maskfr``'s sub-parsers."""
+    def common(p: argparse.ArgumentParser, threshold: bool = False) -> None:
+        p.add_argument("--model", help="ONNX model or TensorRT engine (default: the packaged model)")
+        p.add_argument("--backend", default="auto", help="auto, cpu, cuda or tensorrt")
+        if threshold:
+            p.add_argument("--threshold", type=float, help="similarity threshold (default: the model's at FAR 1e-3)")
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    def add(name: str, fn: Callable, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(fn=_guard(fn))
+        return p
+
+    p = add("embed", cmd_embed, "embed the faces of images (exit 1 if some image has no face)")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--aligned", action="store_true", help="images are aligned 112x112 crops")
+    p.add_argument("--out", help="write all embeddings to this .npy")
+    common(p)
+    p = add("verify", cmd_verify, "are the largest faces of two images the same person? (exit 0 yes, 1 no)")
+    p.add_argument("a")
+    p.add_argument("b")
+    common(p, threshold=True)
+    p = add("enroll", cmd_enroll, "create/update a gallery from root/<identity>/*.jpg (or one folder + --identity)")
+    p.add_argument("gallery", help="gallery file (.npz), created if missing")
+    p.add_argument("folder", nargs="?")
+    p.add_argument("--identity", help="enrol every image of FOLDER as this identity")
+    p.add_argument("--remove", metavar="NAME")
+    p.add_argument("--rename", nargs=2, metavar=("OLD", "NEW"))
+    common(p)
+    p = add("identify", cmd_identify, "who is in these images? (exit 0 if anyone was recognised, else 1)")
+    p.add_argument("gallery")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--top-k", type=int, default=3)
+    common(p, threshold=True)
+    p = add("calibrate", cmd_calibrate, "threshold for a target FAR on a labelled root/<identity>/*.jpg folder")
+    p.add_argument("folder")
+    p.add_argument("--far", type=float, default=1e-3)
+    common(p)
+    p = add("bench", cmd_bench, "time embedding, preprocessing and gallery search")
+    p.add_argument("--batch", default="1,8,32")
+    p.add_argument("--seconds", type=float, default=2.0)
+    p.add_argument("--gallery-size", type=int, default=10_000)
+    common(p)
+    p = add("demo", cmd_demo, "offline demo on the bundled photos: verify and identify, with and without a mask")
+    common(p)
+
+
+__all__ = ["add_runtime_commands", "calibrate"]

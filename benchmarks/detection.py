@@ -1,0 +1,169 @@
+"""Masked-face detection: dlib HOG vs MTCNN (as shipped by facenet-pytorch, and fine-tuned) on LFW.
+
+For a fixed random sample of LFW images (people of the chosen folds) we take the reference
+from dlib on the *unmasked* image: the HOG box nearest the centre (upsample 1) and
+``five_from_68`` of its 68 landmarks. The masked copy is ``MaskSynth`` driven by those
+landmarks, seeded by the image's index in the sample. Per detector and condition:
+
+* found: the detection nearest the image centre has IoU >= 0.5 with the reference box;
+* 5-pt err: mean distance of its 5 points to the reference, over found faces, in units of the
+  reference inter-ocular distance (eye centre to eye centre);
+* unmatched: detections that are not the reference face (other faces in LFW's backgrounds, or
+  false positives), per 100 images;
+* ms/frame: median CPU time on 640x480 frames (LFW images resized), detectors interleaved so
+  they share the machine's load equally.
+
+    PYTHONPATH=... python benchmarks/detection.py --lfw ../shared/data/lfw --masks ../shared/data/masks
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from maskfr.detector import MODELS_DIR, FaceDetector, box_iou
+
+CACHE = Path.home() / ".cache" / "maskfr"
+
+
+def sample_paths(lfw_root: str, n: int, seed: int, folds: list[int]) -> list[str]:
+    from maskfr.training.data import LFW
+    lfw = LFW(lfw_root)
+    people = [p for f in folds for p in lfw.people_folds()[f - 1]]
+    paths = [s.path for s in lfw.samples(sorted(set(people)))]
+    rng = np.random.default_rng(seed)
+    return [paths[i] for i in sorted(rng.choice(len(paths), min(n, len(paths)), replace=False))]
+
+
+def dlib_faces(rgb: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """dlib HOG (upsample 1) boxes with ``five_from_68`` of their 68 landmarks, nearest the centre first."""
+    import dlib  # noqa: F401  (dlib.rectangle objects come back from the detector)
+    from maskfr.training.dlib_models import five_from_68, hog_detector, shape_predictor
+    dets, _, _ = hog_detector().run(rgb, 1, 0.0)
+    out = []
+    for d in dets:
+        lm = np.array([[p.x, p.y] for p in shape_predictor(68)(rgb, d).parts()], np.float32)
+        out.append((np.array([d.left(), d.top(), d.right(), d.bottom()], np.float32), five_from_68(lm), lm))
+    return out
+
+
+def references(paths: list[str]) -> list[dict | None]:
+    """Reference box, 5 points and 68 landmarks per image (None when dlib finds no face); cached."""
+    key = hashlib.sha1(json.dumps(paths).encode()).hexdigest()[:12]
+    cache = CACHE / f"detbench_refs_{key}.npz"
+    if cache.exists():
+        z = np.load(cache)
+        return [None if not z["found"][i] else {"box": z["box"][i], "five": z["five"][i], "lm68": z["lm68"][i]}
+                for i in range(len(paths))]
+    refs = []
+    for p in paths:
+        rgb = cv2.cvtColor(cv2.imread(p), cv2.COLOR_BGR2RGB)
+        faces = sorted(dlib_faces(rgb), key=lambda f: _centre_dist(f[0], rgb.shape))
+        refs.append({"box": faces[0][0], "five": faces[0][1], "lm68": faces[0][2]} if faces else None)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    z = lambda k, shape: np.stack([r[k] if r else np.zeros(shape, np.float32) for r in refs])  # noqa: E731
+    np.savez(cache, found=np.array([r is not None for r in refs]), box=z("box", 4), five=z("five", (5, 2)),
+             lm68=z("lm68", (68, 2)))
+    return refs
+
+
+def _centre_dist(box: np.ndarray, shape: tuple) -> float:
+    c = (box[:2] + box[2:]) / 2
+    return float(np.sum((c - [shape[1] / 2, shape[0] / 2]) ** 2))
+
+
+def score_image(faces: list[tuple], ref: dict, shape: tuple) -> tuple[bool, float, int]:
+    """(found, 5-point error / inter-ocular distance, unmatched detections) for one image."""
+    if not faces:
+        return False, np.nan, 0
+    k = int(np.argmin([_centre_dist(f[0], shape) for f in faces]))
+    ious = box_iou(ref["box"], np.array([f[0] for f in faces]))
+    unmatched = int(np.sum(ious < 0.5))
+    if ious[k] < 0.5:
+        return False, np.nan, unmatched
+    iod = np.linalg.norm(ref["five"][1] - ref["five"][0])
+    err = float(np.mean(np.linalg.norm(faces[k][1] - ref["five"], axis=1)) / iod)
+    return True, err, unmatched
+
+
+def make_detectors(mtcnn_dirs: dict[str, Path]) -> dict:
+    out = {"dlib HOG (upsample 1)": lambda bgr: dlib_faces(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))}
+    for label, d in mtcnn_dirs.items():
+        det = FaceDetector(models_dir=d, backend="cpu")
+        out[label] = lambda bgr, det=det: [(r.box, r.landmarks) for r in det.detect(bgr)]
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--lfw", default="../shared/data/lfw")
+    ap.add_argument("--masks", default="../shared/data/masks")
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--folds", default="6-10", help="LFW people.txt folds to sample people from")
+    ap.add_argument("--mtcnn", action="append", default=[], metavar="LABEL=DIR",
+                    help="an MTCNN model folder to compare (default: as-shipped originals in ~/.cache "
+                         "if exported there, plus the package's nets)")
+    ap.add_argument("--timing-frames", type=int, default=20)
+    args = ap.parse_args(argv)
+    from maskfr.training.masks import MaskSynth
+
+    a, _, b = args.folds.partition("-")
+    folds = list(range(int(a), int(b or a) + 1))
+    dirs = dict(s.split("=", 1) for s in args.mtcnn)
+    if not dirs:
+        orig = CACHE / "mtcnn" / "orig"
+        if (orig / "mtcnn_onet.onnx").exists():
+            dirs["MTCNN as shipped (facenet-pytorch)"] = orig
+        dirs["MTCNN maskfr (package nets)"] = MODELS_DIR
+    detectors = make_detectors({k: Path(v) for k, v in dirs.items()})
+
+    paths = sample_paths(args.lfw, args.n, args.seed, folds)
+    refs = references(paths)
+    synth = MaskSynth(args.masks)
+    stats = {k: {c: {"found": [], "err": [], "unmatched": 0} for c in ("unmasked", "masked")} for k in detectors}
+    for i, (p, ref) in enumerate(zip(paths, refs)):
+        if ref is None:
+            continue
+        bgr = cv2.imread(p)
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        masked = cv2.cvtColor(synth(rgb, ref["lm68"], np.random.default_rng(i))[0], cv2.COLOR_RGB2BGR)
+        for name, fn in detectors.items():
+            for cond, img in (("unmasked", bgr), ("masked", masked)):
+                found, err, extra = score_image(fn(img), ref, img.shape)
+                s = stats[name][cond]
+                s["found"].append(found)
+                s["unmatched"] += extra
+                if found:
+                    s["err"].append(err)
+
+    times = {k: [] for k in detectors}
+    for p in paths[:args.timing_frames]:
+        frame = cv2.resize(cv2.imread(p), (640, 480), interpolation=cv2.INTER_LINEAR)
+        for name, fn in detectors.items():
+            fn(frame)  # warm-up (lazy sessions, caches)
+            t = time.perf_counter()
+            fn(frame)
+            times[name].append((time.perf_counter() - t) * 1000)
+
+    n_ref = sum(r is not None for r in refs)
+    print(f"LFW folds {args.folds}: {len(paths)} images (seed {args.seed}), {n_ref} with a dlib reference "
+          f"(unmasked HOG box nearest the centre); masked = MaskSynth seeded by image index\n")
+    print("| detector | found unmasked | found masked | 5-pt err unmasked | 5-pt err masked "
+          "| unmatched dets /100 img (unmasked / masked) | ms/frame 640x480 |")
+    print("|---|---|---|---|---|---|---|")
+    for name in detectors:
+        u, m = stats[name]["unmasked"], stats[name]["masked"]
+        print(f"| {name} | {100 * np.mean(u['found']):.1f}% | {100 * np.mean(m['found']):.1f}% "
+              f"| {100 * np.mean(u['err']):.2f}% | {100 * np.mean(m['err']):.2f}% "
+              f"| {100 * u['unmatched'] / n_ref:.1f} / {100 * m['unmatched'] / n_ref:.1f} "
+              f"| {np.median(times[name]):.0f} |")
+
+
+if __name__ == "__main__":
+    main()

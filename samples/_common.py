@@ -1,0 +1,91 @@
+"""Shared loop for the camera samples: read frames, identify faces, draw boxes and names.
+
+On screen by default; ``--headless`` writes the annotated frames to a video instead (MJPG .avi
+plays everywhere and needs no extra codecs). ``--enroll DIR`` builds the gallery from
+DIR/<identity>/*.jpg at start-up; ``--gallery FILE`` loads (and, with --enroll, saves) one.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from maskfr.gallery import Gallery
+from maskfr.recognizer import FaceRecognizer
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="ONNX model or TensorRT engine (default: the packaged model)")
+    p.add_argument("--backend", default="auto", help="auto, cpu, cuda or tensorrt")
+    p.add_argument("--enroll", metavar="DIR", help="enrol DIR/<identity>/*.jpg before starting")
+    p.add_argument("--gallery", metavar="FILE", help="gallery .npz to load (and save after --enroll)")
+    p.add_argument("--threshold", type=float, help="similarity threshold (default: the model's)")
+    p.add_argument("--headless", action="store_true", help="no window: write the annotated video to --out")
+    p.add_argument("--out", default="annotated.avi", help="output video for --headless")
+    p.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0: until the end)")
+
+
+def build(args: argparse.Namespace, detector: Any = None) -> tuple[FaceRecognizer, Gallery]:
+    rec = FaceRecognizer(args.model, detector=detector, backend=args.backend, threshold=args.threshold)
+    gallery = Gallery.load(args.gallery) if args.gallery and Path(args.gallery).exists() else rec.new_gallery()
+    if args.enroll:
+        root = Path(args.enroll)
+        for person in sorted(d for d in root.iterdir() if d.is_dir()):
+            n = rec.enroll(gallery, person.name, sorted(p for p in person.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+            print(f"enrolled {person.name}: {n} face(s)", file=sys.stderr)
+        if args.gallery:
+            gallery.save(args.gallery)
+    return rec, gallery
+
+
+def annotate(frame: np.ndarray, results: list) -> np.ndarray:
+    """Green box for a known person, red for unknown; name, similarity and a mask tag."""
+    for r in results:
+        l, t, rr, b = (int(round(v)) for v in r.face.box)
+        colour = (0, 200, 0) if r.identity else (0, 0, 230)
+        cv2.rectangle(frame, (l, t), (rr, b), colour, 2)
+        sim = f" {r.matches[0].similarity:.2f}" if r.matches else ""
+        text = f"{r.identity or 'unknown'}{sim}{' [mask]' if r.face.masked else ''}"
+        cv2.putText(frame, text, (l, max(t - 6, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
+    return frame
+
+
+def run(cap: cv2.VideoCapture, args: argparse.Namespace, detector: Any = None, title: str = "maskfr") -> int:
+    """Process frames until the source ends (or q / Esc on screen); returns the frame count."""
+    if not cap.isOpened():
+        raise SystemExit(f"cannot open the video source ({title})")
+    rec, gallery = build(args, detector)
+    writer, n, t0 = None, 0, time.perf_counter()
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    try:
+        while not args.max_frames or n < args.max_frames:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            frame = annotate(frame, rec.identify(frame, gallery, top_k=1))
+            n += 1
+            if args.headless:
+                if writer is None:
+                    h, w = frame.shape[:2]
+                    writer = cv2.VideoWriter(args.out, cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+                writer.write(frame)
+            else:
+                cv2.imshow(title, frame)
+                if cv2.waitKey(1) & 0xFF in (27, ord("q")):
+                    break
+    finally:
+        cap.release()
+        if writer is not None:
+            writer.release()
+        if not args.headless:
+            cv2.destroyAllWindows()
+    print(f"{n} frames, {n / max(time.perf_counter() - t0, 1e-9):.1f} fps" + (f", wrote {args.out}" if writer else ""),
+          file=sys.stderr)
+    return n

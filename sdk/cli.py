@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_train)
     from maskfr.cli_runtime import add_runtime_commands
     add_runtime_commands(sub)
+    try:  # export commands need the export extra (and a source tree with export/); the runtime does not
+        from maskfr.export.cli import add_export_commands
+    except ImportError:
+        pass
+    else:
+        add_export_commands(sub)
     return p
 
 

@@ -1,0 +1,147 @@
+"""``maskfr`` export sub-commands: export, quantize, build-engine, export-triton.
+
+Registered by :func:`add_export_commands` from ``maskfr.cli.build_parser`` (lazily, so the
+runtime works without this package's heavy dependencies); every command imports torch, onnx
+or TensorRT only when it runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _print(report: dict, as_json: bool, text: str) -> None:
+    print(json.dumps(report, default=str) if as_json else text)
+
+
+def _faces(cache: str | None, lfw: str | None, folds: str, n: int):
+    """Calibration/parity faces from the aligned-face cache, restricted to the people of ``folds``."""
+    from maskfr.export.quantize import calibration_faces, lfw_people
+    from maskfr.training.embedders import CACHE_DIR
+
+    path = Path(cache) if cache else CACHE_DIR / "lfw.npz"
+    if not path.exists():
+        raise FileNotFoundError(f"no aligned-face cache at {path}: build it with 'maskfr eval' first or pass --calib")
+    lo, _, hi = folds.partition("-")
+    people = lfw_people(lfw, range(int(lo), int(hi or lo) + 1)) if lfw else None
+    return calibration_faces(path, people, n=n)
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from maskfr.export.golden import write_golden
+    from maskfr.export.onnx_export import export_onnx
+
+    meta = dict(kv.split("=", 1) for kv in a.meta)
+    if a.thresholds:
+        meta["thresholds"] = Path(a.thresholds).read_text() if Path(a.thresholds).exists() else a.thresholds
+    rep = export_onnx(a.ckpt, a.output, opset=a.opset, metadata=meta, simplify=not a.no_slim, verbose=not a.json)
+    if a.golden:
+        from maskfr.export.onnx_export import parity_faces
+        rep["golden"] = str(write_golden(a.output, parity_faces(a.golden)[0]))
+    _print(rep, a.json, f"wrote {a.output} (sha256 {rep['sha256'][:12]}, min cosine vs torch "
+                        f"{rep['parity']['min_cosine']:.7f})")
+    return 0
+
+
+def cmd_quantize(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from maskfr.export.quantize import qdq_summary, to_fp16, to_int8
+
+    if not (a.fp16 or a.int8):
+        raise ValueError("nothing to do: pass --fp16 and/or --int8")
+    src = Path(a.model)
+    out = {}
+    if a.fp16:
+        out["fp16"] = str(to_fp16(src, src.with_suffix(".fp16.onnx")))
+    if a.int8:
+        if a.calib and a.calib.endswith(".npy"):
+            faces = np.load(a.calib)
+        else:
+            faces = _faces(a.calib, a.lfw, a.folds, a.n)
+        dst = src.with_suffix(".int8.onnx" if a.target == "tensorrt" else ".int8-cpu.onnx")
+        out["int8"] = str(to_int8(src, dst, faces, target=a.target, method=a.method))
+        out["int8_qdq"] = qdq_summary(dst)
+        out["calibration_faces"] = int(len(faces))
+    _print(out, a.json, "\n".join(f"wrote {v}" for k, v in out.items() if k in ("fp16", "int8")))
+    return 0
+
+
+def cmd_build_engine(a: argparse.Namespace) -> int:
+    from maskfr.export.engine import build_engine
+
+    batch = [int(b) for b in a.batch.split(":")]
+    if len(batch) != 3:
+        raise ValueError(f"--batch takes MIN:OPT:MAX, got {a.batch!r}")
+    side = build_engine(a.model, a.output, precision=a.precision, batch=batch, workspace_mb=a.workspace,
+                        timing_cache=a.timing_cache, dla_core=a.dla_core, sm=a.sm, flavour=a.flavour)
+    _print(side, a.json, f"wrote {side['engine']} ({side['flavour']} {side['tensorrt_version']}, "
+                         f"{side['precision']}, SM{side['sm']}, {side['gpu']}) and its .json sidecar")
+    return 0
+
+
+def cmd_export_triton(a: argparse.Namespace) -> int:
+    from maskfr.export.triton import write_repository
+
+    dirs = write_repository(a.repo, a.model, plan=a.plan, name=a.name, include_onnx=not a.plan_only,
+                            max_batch=a.max_batch, instances=a.instances,
+                            kind="KIND_CPU" if a.cpu else "KIND_GPU")
+    _print({"models": [str(d) for d in dirs]}, a.json, "\n".join(f"wrote {d}/config.pbtxt" for d in dirs))
+    return 0
+
+
+def add_export_commands(sub: argparse._SubParsersAction) -> None:
+    """Add the export sub-commands to ``maskfr``'s sub-parsers."""
+    e = sub.add_parser("export", help="export a trained student checkpoint to ONNX (metadata, parity vs torch)")
+    e.add_argument("ckpt", help="checkpoint saved by training ({'model': state_dict, 'config', 'git_rev', 'stage'})")
+    e.add_argument("-o", "--output", default="model.onnx")
+    e.add_argument("--opset", type=int, default=17)
+    e.add_argument("--meta", nargs="*", default=[], metavar="KEY=VALUE", help="extra/overriding metadata")
+    e.add_argument("--thresholds", help="recommended thresholds: JSON text or a JSON file")
+    e.add_argument("--no-slim", action="store_true", help="skip onnxslim (kept only if parity holds anyway)")
+    e.add_argument("--golden", type=int, default=16, help="faces in model.golden.npz next to the model (0: none)")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(fn=cmd_export)
+
+    q = sub.add_parser("quantize", help="FP16 and/or INT8 QDQ variants of an exported model")
+    q.add_argument("model")
+    q.add_argument("--fp16", action="store_true", help="write MODEL.fp16.onnx (float32 IO)")
+    q.add_argument("--int8", action="store_true", help="write MODEL.int8.onnx (QDQ, calibrated)")
+    q.add_argument("--target", choices=["tensorrt", "cpu"], default="tensorrt",
+                   help="INT8 flavour: tensorrt (S8S8 symmetric) or cpu (U8S8, faster on AVX2 CPUs)")
+    q.add_argument("--calib", help="aligned-face cache .npz (default ~/.cache/maskfr/lfw.npz) or an .npy of crops")
+    q.add_argument("--lfw", help="LFW root: calibrate only on the people of --folds (recommended)")
+    q.add_argument("--folds", default="1-5", help="LFW folds whose people calibrate (default 1-5)")
+    q.add_argument("-n", type=int, default=256, help="calibration faces (half masked)")
+    q.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="minmax")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(fn=cmd_quantize)
+
+    b = sub.add_parser("build-engine", help="TensorRT engine (+ .json sidecar); AOT without a GPU via TensorRT-RTX")
+    b.add_argument("model", help="ONNX (FP32, FP16 or INT8 QDQ: strongly typed builds take precision from it)")
+    b.add_argument("-o", "--output", help="engine path (default MODEL.<precision>.engine)")
+    b.add_argument("--precision", choices=["fp32", "fp16", "int8", "best"], default="fp16")
+    b.add_argument("--batch", default="1:8:32", help="optimisation profile MIN:OPT:MAX")
+    b.add_argument("--workspace", type=int, help="workspace limit in MiB (Jetson)")
+    b.add_argument("--timing-cache", help="timing cache file, read and updated (full TensorRT)")
+    b.add_argument("--dla-core", type=int, help="DLA core (Jetson, full TensorRT; unverified)")
+    b.add_argument("--sm", type=int, help="target compute capability, e.g. 86 (TensorRT-RTX AOT; default: this GPU)")
+    b.add_argument("--flavour", choices=["tensorrt", "tensorrt_rtx"], help="default: tensorrt if installed")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(fn=cmd_build_engine)
+
+    t = sub.add_parser("export-triton", help="write a Triton model repository (ONNX and/or TensorRT plan)")
+    t.add_argument("model", help="the ONNX model (IO names/dims and metadata come from it)")
+    t.add_argument("--repo", default="triton_repo")
+    t.add_argument("--plan", help="also add this TensorRT engine as NAME_trt (full TensorRT only)")
+    t.add_argument("--plan-only", action="store_true", help="skip the ONNX Runtime model")
+    t.add_argument("--name", default="maskfr")
+    t.add_argument("--max-batch", type=int, default=32)
+    t.add_argument("--instances", type=int, default=1)
+    t.add_argument("--cpu", action="store_true", help="KIND_CPU instances")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(fn=cmd_export_triton)
+
+
+__all__ = ["add_export_commands"]

@@ -15,7 +15,6 @@
 // fuse it (the CPU build also uses -ffp-contract=off).
 #pragma once
 
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 

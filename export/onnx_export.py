@@ -214,7 +214,10 @@ def _torch_export(model: "nn.Module", path: str, opset: int) -> None:
 def _slim(path: str, faces: np.ndarray, min_cosine: float, verbose: bool) -> dict[str, Any]:
     """onnxslim in place, kept only when the slimmed graph matches the original under ORT."""
     import onnx
-    import onnxslim
+    try:
+        import onnxslim
+    except ImportError:
+        return {"kept": False, "reason": "onnxslim not installed"}
 
     before = ort_embed(path, faces)
     slim = onnxslim.slim(onnx.load(path))

@@ -1,0 +1,222 @@
+"""Export chain on a random-init student: ONNX (+metadata, parity), golden file, FP16/INT8 QDQ,
+TensorRT-RTX ahead-of-time engines and sidecars, Triton config, CLI wiring. No data needed."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from maskfr.align import align_face  # noqa: E402
+from maskfr.export import onnx_export as ox  # noqa: E402
+from conftest import draw_face, face_landmarks  # noqa: E402
+
+HAVE_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
+
+
+def faces(n: int = 8) -> np.ndarray:
+    """Aligned crops of drawn faces (varied pose, scale, colours), half with a grey 'mask' drawn on."""
+    out = []
+    for i in range(n):
+        lm = face_landmarks(100 + 3 * i, 95 - 2 * i, 1.0 + 0.05 * (i % 3), angle=0.05 * (i - n / 2))
+        img = draw_face(lm, seed=i)
+        if i % 2:
+            img[int(lm[29, 1]):int(lm[8, 1]), int(lm[2, 0]):int(lm[14, 0])] = (90, 110, 140)
+        five = np.stack([lm[36:42].mean(0), lm[42:48].mean(0), lm[30], lm[48], lm[54]])
+        out.append(align_face(img, five))
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict:
+    """FP32 export, FP16 and INT8 (TensorRT and CPU flavours) of one random student, made once."""
+    from maskfr.export.quantize import to_fp16, to_int8
+    from maskfr.training.models import create_student
+
+    torch.manual_seed(0)
+    student = create_student(pretrained=False)
+    d = tmp_path_factory.mktemp("export")
+    f = faces()
+    rep = ox.export_onnx(student, d / "m.onnx", faces=f, simplify=False, verbose=False,
+                         metadata={"model_version": "test-1", "thresholds": json.dumps({"far1e-3": 0.4})})
+    return {"dir": d, "faces": f, "student": student, "report": rep, "fp32": d / "m.onnx",
+            "fp16": to_fp16(d / "m.onnx", d / "m.fp16.onnx"),
+            "int8": to_int8(d / "m.onnx", d / "m.int8.onnx", f),
+            "int8cpu": to_int8(d / "m.onnx", d / "m.int8-cpu.onnx", f, target="cpu")}
+
+
+def test_export_checker_metadata_and_parity(models):
+    proto = onnx.load(models["fp32"])
+    onnx.checker.check_model(proto, full_check=True)
+    assert [i.name for i in proto.graph.input] == ["input"] and [o.name for o in proto.graph.output] == ["embedding"]
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    assert proto.opset_import[0].version == 17
+    meta = ox.read_metadata(models["fp32"])
+    assert meta["colour_order"] == "RGB" and float(meta["mean"]) == 127.5 and float(meta["std"]) == 127.5
+    assert json.loads(meta["input_size"]) == [112, 112] and meta["embedding_size"] == "128"
+    assert np.allclose(json.loads(meta["alignment_template"]), ox.ARCFACE_112, atol=1e-4)
+    assert json.loads(meta["thresholds"]) == {"far1e-3": 0.4} and meta["model_version"] == "test-1"
+    assert "training_data" in meta
+    par = models["report"]["parity"]
+    assert par["passed"] and par["min_cosine"] >= ox.MIN_COSINE
+    # any batch size, unit-norm output, same as torch
+    sess = ox.ort_session(models["fp32"])
+    for n in (1, 5):
+        emb = ox.ort_embed(sess, models["faces"][:n])
+        assert emb.shape == (n, 128) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    ref = ox.torch_embed(models["student"], models["faces"])
+    assert ox.compare(ref, ox.ort_embed(sess, models["faces"]), verbose=False)["passed"]
+
+
+def test_export_from_checkpoint(tmp_path, models):
+    ckpt = tmp_path / "final.pt"
+    torch.save({"model": models["student"].state_dict(), "config": {"training_data": "CelebA subset"},
+                "git_rev": "abcdef1234567890", "stage": "classifier"}, ckpt)
+    model, info = ox.load_student(ckpt)
+    assert info["stage"] == "classifier"
+    meta = ox.default_metadata(info)
+    assert meta["model_version"] == "classifier-abcdef123456" and meta["training_data"] == "CelebA subset"
+    x = torch.from_numpy(ox.to_input(models["faces"][:2]))
+    with torch.inference_mode():
+        assert torch.allclose(model(x), models["student"](x))
+
+
+def test_golden_file(models, tmp_path):
+    from maskfr.export.golden import check_golden, golden_path, write_golden
+
+    path = write_golden(models["fp32"], models["faces"])
+    assert path == golden_path(models["fp32"]) and path.name == "m.golden.npz"
+    rep = check_golden(models["fp32"])
+    assert rep["passed"] and rep["same_model"] and rep["min_cosine"] > 0.99999
+    # the variants are checked against the FP32 golden file with looser bounds
+    assert check_golden(models["fp16"], path, min_cosine=0.999)["passed"]
+    assert not check_golden(models["fp16"], path, min_cosine=0.999)["same_model"]
+    # a wrong runtime is caught
+    wrong = check_golden(models["fp32"], embed=lambda x: np.roll(ox.ort_embed(models["fp32"], x), 1, axis=1))
+    assert not wrong["passed"]
+
+
+def test_fp16_model(models):
+    proto = onnx.load(models["fp16"])
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # float32 IO kept
+    assert proto.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in proto.graph.initializer)
+    rep = ox.compare(ox.ort_embed(models["fp32"], models["faces"]), ox.ort_embed(models["fp16"], models["faces"]),
+                     min_cosine=0.999, verbose=False)
+    assert rep["passed"]
+
+
+def test_int8_qdq_model_is_tensorrt_ready(models):
+    from maskfr.export.quantize import qdq_summary
+
+    proto = onnx.load(models["int8"])
+    n_conv = sum(n.op_type == "Conv" for n in proto.graph.node)
+    s = qdq_summary(models["int8"])
+    assert s["tensorrt_ready"], s
+    assert s["int32_dq"] == 0 and s["nonzero_zero_point"] == 0 and s["uint8"] == 0  # no bias DQ, symmetric int8
+    assert s["per_channel_conv_weights"] == n_conv > 0 and s["per_tensor_conv_weights"] == 0
+    assert ox.read_metadata(models["int8"])["colour_order"] == "RGB"  # metadata survives quantization
+    ref = ox.ort_embed(models["fp32"], models["faces"])
+    for key in ("int8", "int8cpu"):
+        assert ox.compare(ref, ox.ort_embed(models[key], models["faces"]), min_cosine=0.98, verbose=False)["passed"]
+    cpu = qdq_summary(models["int8cpu"])
+    assert cpu["uint8"] > 0 and not cpu["tensorrt_ready"]  # the CPU flavour is not for TensorRT
+
+
+@pytest.mark.skipif(not HAVE_RTX, reason="tensorrt_rtx not installed (pip install tensorrt-rtx-cu13)")
+def test_engines_build_aot_and_sidecar_checks(models):
+    from maskfr.export.engine import AOT, EngineMismatch, build_engine, check_sidecar, import_trt, load_engine
+
+    trt = import_trt("tensorrt_rtx")
+    for prec in ("fp32", "fp16", "int8"):
+        side = build_engine(models[prec], models["dir"] / f"m.{prec}.engine", precision=prec, batch=(1, 4, 16),
+                            sm=86, flavour="tensorrt_rtx")
+        on_disk = json.loads((models["dir"] / f"m.{prec}.engine.json").read_text())
+        assert on_disk["precision"] == prec and on_disk["onnx_precision"] == prec and on_disk["strongly_typed"]
+        assert on_disk["sm"] == 86 and on_disk["compute_capability"] == "8.6" and on_disk["gpu"] == AOT
+        assert on_disk["flavour"] == "tensorrt_rtx" and on_disk["tensorrt_version"] == trt.__version__
+        assert on_disk["onnx_sha256"] == ox.sha256(models[prec]) and on_disk["profile"]["batch"] == [1, 4, 16]
+        assert on_disk["layers"] > 0 and side["engine_bytes"] > 0
+    # every ONNX node parses (a failed parse raises with the parser's errors)
+    net = trt.Builder(trt.Logger(trt.Logger.ERROR)).create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(net, trt.Logger(trt.Logger.ERROR))
+    assert parser.parse_from_file(str(models["int8"])) and parser.num_errors == 0
+    # strongly typed: precision must come from the ONNX
+    with pytest.raises(ValueError, match="FP16 ONNX"):
+        build_engine(models["fp32"], models["dir"] / "bad.engine", precision="fp16", sm=86, flavour="tensorrt_rtx")
+    with pytest.raises(ValueError, match="cannot target SM"):
+        build_engine(models["fp32"], models["dir"] / "bad.engine", precision="fp32", sm=52, flavour="tensorrt_rtx")
+    # mismatches refuse with the rebuild command
+    eng = models["dir"] / "m.fp16.engine"
+    with pytest.raises(EngineMismatch, match=r"SM86.*RTX 4090 \(SM89\).*maskfr build-engine m.fp16.onnx "
+                                             r"--precision fp16 --batch 1:4:16 --sm 89"):
+        check_sidecar(eng, gpu={"name": "RTX 4090", "sm": 89}, trt=trt)
+    with pytest.raises(EngineMismatch, match="another ONNX"):
+        check_sidecar(eng, models["fp32"], gpu={"name": "RTX 3090", "sm": 86}, trt=trt)
+    assert check_sidecar(eng, models["fp16"], gpu={"name": "RTX 3090", "sm": 86}, trt=trt)["precision"] == "fp16"
+    side = json.loads((models["dir"] / "m.fp16.engine.json").read_text())
+    (models["dir"] / "m.fp16.engine.json").write_text(json.dumps({**side, "tensorrt_version": "0.9"}))
+    with pytest.raises(EngineMismatch, match="built with tensorrt_rtx 0.9"):
+        check_sidecar(eng, gpu={"name": "RTX 3090", "sm": 86}, trt=trt)
+    (models["dir"] / "m.fp16.engine.json").write_text(json.dumps(side))
+    with pytest.raises(EngineMismatch, match="no sidecar"):
+        check_sidecar(models["dir"] / "missing.engine")
+    from maskfr.export.engine import current_gpu
+    if current_gpu() is None:
+        with pytest.raises(EngineMismatch, match="no GPU is usable here"):
+            load_engine(eng, flavour="tensorrt_rtx")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAVE_RTX, reason="tensorrt_rtx not installed")
+def test_engines_run_on_gpu(models):
+    from maskfr.export.engine import TrtRunner, build_engine, current_gpu
+
+    if current_gpu() is None:
+        pytest.skip("no CUDA GPU")
+    x = ox.to_input(models["faces"])
+    ref = ox.ort_embed(models["fp32"], models["faces"])
+    for prec, bound in (("fp32", 0.9999), ("fp16", 0.999), ("int8", 0.98)):
+        side = build_engine(models[prec], models["dir"] / f"gpu.{prec}.engine", precision=prec, batch=(1, 4, 16))
+        out = TrtRunner(side["engine"], models[prec]).infer(x)["embedding"]
+        assert ox.compare(ref, out, min_cosine=bound, verbose=False)["passed"], prec
+
+
+def test_triton_repository(models, tmp_path):
+    from maskfr.export.triton import parse_config, write_repository
+
+    (d,) = write_repository(tmp_path / "repo", models["fp32"], name="maskfr", max_batch=16)
+    cfg = parse_config(d / "config.pbtxt")
+    assert (d / "1" / "model.onnx").exists()
+    assert cfg["platform"] == "onnxruntime_onnx" and cfg["max_batch_size"] == 16
+    assert cfg["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": ["3", "112", "112"]}]
+    assert cfg["output"] == [{"name": "embedding", "data_type": "TYPE_FP32", "dims": ["128"]}]
+    assert cfg["dynamic_batching"]["preferred_batch_size"] == [8, 16]
+    assert cfg["parameters"]["maskfr.colour_order"]["string_value"] == "RGB"
+    plan = tmp_path / "m.engine"
+    plan.write_bytes(b"plan")
+    plan.with_name("m.engine.json").write_text(json.dumps({"profile": {"batch": [1, 8, 32]}}))
+    (t,) = write_repository(tmp_path / "repo", models["fp16"], plan=plan, include_onnx=False)
+    assert parse_config(t / "config.pbtxt")["platform"] == "tensorrt_plan" and (t / "1" / "model.plan").exists()
+    with pytest.raises(ValueError, match="exceeds the engine profile"):
+        write_repository(tmp_path / "repo", models["fp16"], plan=plan, include_onnx=False, max_batch=64)
+    (tmp_path / "bad.pbtxt").write_text('name: "x"\nmax_batch: 4\n')
+    with pytest.raises(Exception, match="max_batch"):
+        parse_config(tmp_path / "bad.pbtxt")
+
+
+def test_cli_commands_registered():
+    from maskfr.cli import build_parser
+
+    p = build_parser()
+    a = p.parse_args(["build-engine", "m.int8.onnx", "--precision", "int8", "--batch", "1:4:8", "--sm", "86"])
+    assert a.precision == "int8" and a.batch == "1:4:8" and a.sm == 86
+    a = p.parse_args(["quantize", "m.onnx", "--int8", "--fp16", "--calib", "c.npz"])
+    assert a.int8 and a.fp16 and a.calib == "c.npz" and a.folds == "1-5"
+    assert p.parse_args(["export", "final.pt", "-o", "m.onnx"]).output == "m.onnx"
+    assert p.parse_args(["export-triton", "m.onnx", "--repo", "r"]).repo == "r"

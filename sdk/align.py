@@ -8,9 +8,10 @@ exactly this:
 * Pixel centres sit at integer coordinates (OpenCV convention): the crop pixel
   ``(x, y)`` samples the frame at ``M^-1 @ (x, y, 1)``.
 * ``cv2.warpAffine(frame, M, (size, size), flags=INTER_LINEAR,
-  borderMode=BORDER_CONSTANT, borderValue=0)`` on the uint8 frame: bilinear with
-  OpenCV's fixed-point weights (1/32 pixel steps) and round-to-nearest to uint8;
-  pixels whose source falls outside the frame are blended with 0 (black).
+  borderMode=BORDER_CONSTANT, borderValue=0)`` on the uint8 frame: OpenCV >= 4.11
+  computes 8-bit bilinear warps in float32 (the inverse matrix cast to float, blend
+  by FMAs, round-half-even to uint8; ``cpp_ext/src/warp_math.h`` reproduces it bit
+  for bit); taps outside the frame read 0 (black).
 * Network input: RGB, ``(x - 127.5) / 127.5``, NCHW float32.
 """
 from __future__ import annotations

@@ -2,9 +2,8 @@
 
 An identity's score is its best template's similarity (max over its enrolled images), so
 enrolling both masked and unmasked photos of a person helps. Search is numpy brute force, or an
-exact faiss ``IndexFlatIP`` when faiss is installed and the gallery holds at least
-``FAISS_MIN_SIZE`` templates (measured with ``benchmarks/gallery_search.py``). Both give the
-same ranking.
+exact faiss ``IndexFlatIP`` when asked for, or automatically from ``FAISS_MIN_SIZE`` templates
+when faiss is installed (see the measurements there). Both give the same ranking.
 
 Files are a ``.npz`` read with ``allow_pickle=False`` holding a JSON header (format name,
 version, model version, sizes), the embeddings, a label per embedding and the identity names;
@@ -25,8 +24,11 @@ import numpy as np
 
 FORMAT = "maskfr-gallery"
 VERSION = 1
-#: Templates from which faiss (when installed) replaces numpy; see benchmarks/gallery_search.py.
-FAISS_MIN_SIZE = 50_000
+#: Templates from which faiss (when installed) replaces numpy. benchmarks/gallery_search.py on the
+#: 2-core dev machine (ms for 1 query, numpy vs faiss IndexFlatIP): 10k 4.2 vs 16, 100k 27 vs 51,
+#: 1M 190 vs 299 -- exact faiss never won, so auto stays on numpy up to the largest size measured.
+#: Re-run the benchmark on bigger CPUs; index="faiss" forces it.
+FAISS_MIN_SIZE = 2_000_000
 
 
 class GalleryFormatError(ValueError):
@@ -150,6 +152,10 @@ class Gallery:
             s = q @ emb.T
             idx = np.argpartition(-s, kt - 1, axis=1)[:, :kt] if kt < len(emb) else np.tile(np.arange(len(emb)), (len(q), 1))
             sims = np.take_along_axis(s, idx, 1)
+        if kt == k:  # one template per identity: no per-identity reduction needed
+            order = np.argsort(-sims, axis=1, kind="stable")
+            return [[Match(names[label[i]], float(v)) for v, i in zip(srow[o], irow[o])]
+                    for srow, irow, o in zip(sims, idx, order)]
         out = []
         for srow, irow in zip(sims, idx):
             best: dict[int, float] = {}

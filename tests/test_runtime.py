@@ -200,3 +200,85 @@ def test_shipped_mask_classifier_loads():
     if clf is None:
         pytest.skip("mask classifier not trained yet")
     assert len(clf.weights) == 16 and clf.info.get("test_accuracy", 0) > 0.8
+
+
+# -- command line -------------------------------------------------------------------------------
+@pytest.fixture
+def cli(monkeypatch, model, capsys):
+    import maskfr.recognizer as r
+    from maskfr.cli import main
+    monkeypatch.setattr(r, "_default_detector", MarkerDetector)
+
+    def run(*args):
+        rc = main([str(a) for a in args] + ["--model", str(model), "--json"])
+        out = capsys.readouterr().out
+        return rc, (json.loads(out) if out.strip() else None)
+    return run
+
+
+def test_cli_verify_embed_exit_codes(cli, tmp_path):
+    paths = {}
+    for name, faces in {"a": [(1, 20, 30, 96)], "b": [(1, 150, 60, 80)], "c": [(2, 40, 40, 100)], "none": []}.items():
+        paths[name] = tmp_path / f"{name}.png"
+        cv2.imwrite(str(paths[name]), draw_faces(faces, jitter=3))
+    rc, out = cli("verify", paths["a"], paths["b"])
+    assert rc == 0 and out["same"] and out["threshold"] == 0.8
+    assert cli("verify", paths["a"], paths["c"])[0] == 1
+    assert cli("verify", paths["a"], paths["none"])[0] == 2
+    (tmp_path / "bad.jpg").write_bytes(b"nope")
+    assert cli("verify", paths["a"], tmp_path / "bad.jpg")[0] == 2
+    rc, out = cli("embed", paths["a"], paths["c"], "--out", tmp_path / "e.npy")
+    assert rc == 0 and np.load(tmp_path / "e.npy").shape == (2, 128) and len(out["images"][0]["faces"][0]["embedding"]) == 128
+    assert cli("embed", paths["none"])[0] == 1
+
+
+def test_cli_enroll_identify_calibrate(cli, tmp_path):
+    root = tmp_path / "people"
+    for ident in range(1, 5):
+        (root / f"p{ident}").mkdir(parents=True)
+        for j in range(3):
+            cv2.imwrite(str(root / f"p{ident}" / f"{j}.png"), draw_faces([(ident, 30 + 10 * j, 40, 90)], jitter=j + 1))
+    gal = tmp_path / "g.npz"
+    rc, out = cli("enroll", gal, root)
+    assert rc == 0 and out["identities"] == 4 and out["templates"] == 12
+    probe = tmp_path / "probe.png"
+    cv2.imwrite(str(probe), draw_faces([(3, 100, 80, 100), (9, 10, 10, 60)], jitter=7))
+    rc, out = cli("identify", gal, probe, "--top-k", "2")
+    faces = out["results"][0]["faces"]
+    assert rc == 0 and [f["identity"] for f in faces] == ["p3", None] and len(faces[0]["matches"]) == 2
+    assert cli("enroll", gal, "--rename", "p3", "carol")[1]["renamed"] == ["p3", "carol"]
+    assert cli("identify", gal, probe)[1]["results"][0]["faces"][0]["identity"] == "carol"
+    assert cli("enroll", gal, "--remove", "carol")[1]["identities"] == 3
+    assert cli("identify", gal, probe)[0] == 1
+    gal.write_bytes(gal.read_bytes()[:100])
+    assert cli("identify", gal, probe)[0] == 2
+    rc, out = cli("calibrate", root, "--far", "0.1")
+    assert rc == 0 and out["genuine_pairs"] == 12 and out["impostor_pairs"] == 54 and out["tar"] == 1.0
+
+
+def test_calibrate_picks_threshold_for_far():
+    from maskfr.cli_runtime import calibrate
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((50, 128))
+    e = np.repeat(centres, 4, 0) + 0.6 * rng.standard_normal((200, 128))
+    e = (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float32)
+    r = calibrate(e, np.repeat(np.arange(50), 4), 1e-3)
+    s = e @ e.T
+    impostor = s[np.not_equal.outer(np.repeat(np.arange(50), 4), np.repeat(np.arange(50), 4))]
+    assert (impostor >= r["threshold"]).mean() <= 1e-3 and r["tar"] > 0.5
+
+
+def test_cli_demo_message_without_default_model(capsys):
+    import maskfr.recognizer as r
+    from maskfr.cli import main
+    if r.DEFAULT_MODEL.exists():
+        pytest.skip("default model ships: demo runs for real")
+    assert main(["demo"]) == 2 and "not installed" in capsys.readouterr().err
+
+
+def test_cli_demo_runs_offline_with_a_model(model, capsys):
+    from maskfr.cli import main
+    pytest.importorskip("maskfr.detector")  # the real detector runs on the bundled photos
+    rc = main(["demo", "--model", str(model), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc in (0, 1) and len(out["verify"]) == 4 and out["verify"][2]["masked"][0] is True

@@ -157,7 +157,8 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
     trt = import_trt(flavour)
     name = flavour_of(trt)
     onnx_path = os.fspath(onnx_path)
-    engine_path = Path(engine_path or Path(onnx_path).with_suffix(f".{precision}.engine"))
+    stem = Path(onnx_path).with_suffix("")
+    engine_path = Path(engine_path or (f"{stem}.engine" if stem.suffix == f".{precision}" else f"{stem}.{precision}.engine"))
     have = onnx_precision(onnx_path)
     strongly_typed = name == "tensorrt_rtx" or have != "fp32" or precision == "fp32"
     if strongly_typed and precision != have and not (precision == "best" and have != "fp32"):

@@ -241,6 +241,8 @@ class FaceDetector:
     def detect_batch(self, frames: list[np.ndarray]) -> list[list[Detection]]:
         """Faces in each frame; frames of the same size share P-Net runs, all share R/O-Net runs."""
         rgbs = [cv2.cvtColor(to_bgr(f), cv2.COLOR_BGR2RGB) for f in frames]
+        if not rgbs:
+            return []
         proposals: list[np.ndarray] = [np.zeros((0, 5))] * len(rgbs)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, f in enumerate(rgbs):

@@ -169,3 +169,219 @@ def _name_prelu_slopes(path: Path) -> None:
 
 def export_all(nets: dict[str, nn.Module], out_dir: str | Path, suffix: str = "") -> list[Path]:
     return [export_onnx(nets[n], n, Path(out_dir) / f"mtcnn_{n}{suffix}.onnx") for n in NETS]
+
+
+# -- fine-tuning on synthetic masks -----------------------------------------------------------
+# Training faces are free: dlib finds the face and its 68 landmarks on the unmasked original,
+# MaskSynth masks it, and the as-shipped MTCNN's box on the unmasked image is the box target
+# (so the fine-tuned nets keep MTCNN's box convention). Crops come from P-Net's own proposals
+# (realistic, hard negatives included) plus jittered boxes around each face, on the masked and
+# the unmasked image alike, so unmasked faces don't get worse.
+
+CACHE = Path.home() / ".cache" / "maskfr" / "mtcnn"
+SIZES = {"pnet": 12, "rnet": 24, "onet": 48}
+POS, PART, NEG = 1, -1, 0
+CHUNK = 100
+
+
+def _faces(rgb, teacher) -> tuple[list[tuple], "np.ndarray"]:
+    """dlib faces as (teacher box or None, five points, lm68) and every box a face may occupy."""
+    import numpy as np
+    from maskfr.detector import box_iou
+    from maskfr.training.dlib_models import five_from_68, hog_detector, shape_predictor
+    dets, _, _ = hog_detector().run(rgb, 1, 0.0)
+    mt = teacher.detect(rgb[..., ::-1].copy())
+    mt_boxes = np.array([d.box for d in mt], np.float64).reshape(-1, 4)
+    faces, occupied = [], [mt_boxes]
+    for d in dets:
+        lm = np.array([[p.x, p.y] for p in shape_predictor(68)(rgb, d).parts()], np.float32)
+        db = np.array([d.left(), d.top(), d.right(), d.bottom()], np.float64)
+        occupied.append(db[None])
+        ious = box_iou(db, mt_boxes) if len(mt_boxes) else np.zeros(0)
+        gt = mt_boxes[int(np.argmax(ious))] if len(ious) and ious.max() >= 0.4 else None
+        faces.append((gt, five_from_68(lm), lm))
+    return faces, np.vstack(occupied)
+
+
+def _samples(rgb, faces, occupied, teacher, rng) -> dict:
+    """Labelled crops of one image: P-Net proposals and jittered face boxes, with targets."""
+    import numpy as np
+    from maskfr.detector import box_iou, crop_resize
+    h, w = rgb.shape[:2]
+    gts = [(g, five) for g, five, _ in faces if g is not None]
+    boxes = [teacher._propose([rgb])[0][:, :4]]
+    for g, _ in gts:
+        size = max(g[2] - g[0], g[3] - g[1])
+        c = (g[:2] + g[2:]) / 2
+        for _ in range(4):
+            s = size * rng.uniform(0.8, 1.25)
+            cc = c + rng.uniform(-0.2, 0.2, 2) * size
+            boxes.append(np.r_[cc - s / 2, cc + s / 2][None])
+    for _ in range(3):  # random squares anywhere, mostly background
+        s = rng.uniform(12, min(h, w))
+        x, y = rng.uniform(0, w - s), rng.uniform(0, h - s)
+        boxes.append(np.array([[x, y, x + s, y + s]]))
+    boxes = np.vstack(boxes)
+    boxes = boxes[(boxes[:, 2] - boxes[:, 0]) >= 12]
+    label = np.full(len(boxes), 2)  # 2 = ignore
+    best = np.full(len(boxes), -1)
+    if gts:
+        iou = np.stack([box_iou(g, boxes) for g, _ in gts], 1)
+        best, top = iou.argmax(1), iou.max(1)
+        label[top >= 0.65] = POS
+        label[(top >= 0.4) & (top < 0.65)] = PART
+    near = np.stack([box_iou(o, boxes) for o in occupied], 1).max(1) if len(occupied) else np.zeros(len(boxes))
+    label[(label == 2) & (near < 0.3)] = NEG
+    keep = []
+    for lab, k in ((POS, 4), (PART, 3), (NEG, 5)):
+        idx = np.flatnonzero(label == lab)
+        keep += list(rng.permutation(idx)[:k])
+    keep = np.array(keep, np.int64)
+    boxes, label, best = boxes[keep], label[keep], best[keep]
+    size = (boxes[:, 2] - boxes[:, 0])[:, None]
+    reg = np.zeros((len(boxes), 4), np.float32)
+    lm = np.zeros((len(boxes), 10), np.float32)
+    for i in np.flatnonzero(label != NEG):
+        g, five = gts[best[i]]
+        reg[i] = (g - boxes[i]) / size[i]
+        lm[i] = np.r_[(five[:, 0] - boxes[i, 0]), (five[:, 1] - boxes[i, 1])] / size[i]
+    out = {f"crop{s}": crop_resize(rgb, boxes, s) for s in SIZES.values()}
+    return {**out, "label": label.astype(np.int8), "reg": reg, "lm": lm}
+
+
+def prepare(paths: list[str], out_dir: str | Path, masks_root: str | Path, seed: int = 0,
+            part: int = 0, parts: int = 1) -> Path:
+    """Labelled crops (masked and unmasked) from these images, in resumable chunks under ``out_dir``;
+    process ``part`` of ``parts`` does every ``parts``-th chunk, so several can run at once."""
+    import cv2
+    import numpy as np
+    from tqdm import tqdm
+
+    from maskfr.detector import FaceDetector
+    from maskfr.training.masks import MaskSynth
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    teacher = FaceDetector(models_dir=CACHE / "orig", backend="cpu", pnet_threshold=0.5)
+    synth = MaskSynth(masks_root)
+    for start in tqdm(range(part * CHUNK, len(paths), parts * CHUNK), desc="mtcnn data", unit="chunk"):
+        dst = out_dir / f"{start:07d}.npz"
+        if dst.exists():
+            continue
+        parts = []
+        for i in range(start, min(start + CHUNK, len(paths))):
+            rgb = cv2.cvtColor(cv2.imread(paths[i]), cv2.COLOR_BGR2RGB)
+            rng = np.random.default_rng(seed * 1_000_003 + i)
+            faces, occupied = _faces(rgb, teacher)
+            if not faces:
+                continue
+            masked = rgb
+            for _, _, lm68 in faces:
+                masked = synth(masked, lm68, rng)[0]
+            parts += [_samples(rgb, faces, occupied, teacher, rng), _samples(masked, faces, occupied, teacher, rng)]
+        tmp = dst.with_suffix(".tmp.npz")
+        np.savez(tmp, **{k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+        tmp.rename(dst)
+    return out_dir
+
+
+def _loss(name: str, out: tuple, label: torch.Tensor, reg: torch.Tensor, lm: torch.Tensor) -> torch.Tensor:
+    """MTCNN's multi-task loss: face/non-face on pos+neg, box on pos+part, landmarks on pos+part."""
+    logits, breg = out[0], out[1]
+    if name == "pnet":
+        logits, breg = logits[:, :, 0, 0], breg[:, :, 0, 0]
+    cls = label >= 0
+    box = label != NEG
+    loss = nn.functional.cross_entropy(logits[cls], (label[cls] == POS).long())
+    if box.any():
+        loss = loss + 0.5 * nn.functional.mse_loss(breg[box], reg[box])
+        if name == "onet":
+            loss = loss + 1.0 * nn.functional.mse_loss(out[2][box], lm[box])
+    return loss
+
+
+def finetune(data_dir: str | Path, name: str, epochs: int = 3, lr: float = 1e-4, batch: int = 256,
+             out_dir: str | Path = CACHE / "finetune") -> nn.Module:
+    """Fine-tune one net from the as-shipped weights; resumes from its per-epoch checkpoint."""
+    import numpy as np
+    from maskfr.detector import to_net_input
+    chunks = sorted(Path(data_dir).glob("[0-9]*.npz"))
+    data = [np.load(c) for c in chunks]
+    x = np.concatenate([d[f"crop{SIZES[name]}"] for d in data])
+    label = torch.from_numpy(np.concatenate([d["label"] for d in data]).astype(np.int64))
+    reg = torch.from_numpy(np.concatenate([d["reg"] for d in data]))
+    lm = torch.from_numpy(np.concatenate([d["lm"] for d in data]))
+    net = from_onnx(CACHE / "orig" / f"mtcnn_{name}.onnx", name).train()
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    ckpt = Path(out_dir) / f"{name}.pt"
+    start = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        start = state["epoch"]
+    gen = torch.Generator().manual_seed(0)
+    for epoch in range(start, epochs):
+        perm = torch.randperm(len(x), generator=gen).numpy()
+        total = 0.0
+        for b in range(0, len(perm), batch):
+            idx = perm[b:b + batch]
+            xb = x[idx]
+            flip = np.random.default_rng(epoch * 100_000 + b).random(len(idx)) < 0.5
+            xb = np.where(flip[:, None, None, None], xb[:, :, ::-1], xb)  # mirror: swap left/right targets
+            rb, lb = reg[idx].clone(), lm[idx].clone()
+            f = torch.from_numpy(flip)
+            rb[f] = torch.stack([-rb[f, 2], rb[f, 1], -rb[f, 0], rb[f, 3]], 1)
+            lx = 1 - lb[f, :5]
+            lb[f] = torch.cat([lx[:, [1, 0, 2, 4, 3]], lb[f, 5:][:, [1, 0, 2, 4, 3]]], 1)
+            loss = _loss(name, net(torch.from_numpy(to_net_input(xb))), label[idx], rb, lb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(idx)
+        print(f"{name} epoch {epoch + 1}/{epochs}: loss {total / len(perm):.4f} ({len(perm)} crops)", flush=True)
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1}, ckpt)
+    return net.eval()
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import random
+
+    from maskfr.training.data import LFW, celeba
+    ap = argparse.ArgumentParser(description="MTCNN: export the as-shipped nets, fine-tune on synthetic masks")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("export-orig", help="facenet-pytorch wheel -> ONNX under ~/.cache/maskfr/mtcnn/orig")
+    e.add_argument("wheel")
+    p = sub.add_parser("prepare", help="labelled crops from LFW folds 1-5 people + CelebA subset")
+    p.add_argument("--lfw", default="../shared/data/lfw")
+    p.add_argument("--celeba", default="../shared/data/celeba-subset")
+    p.add_argument("--masks", default="../shared/data/masks")
+    p.add_argument("--n-lfw", type=int, default=1200)
+    p.add_argument("--n-celeba", type=int, default=1200)
+    p.add_argument("--part", default="0/1", help="k/K: this process's share of the chunks")
+    f = sub.add_parser("finetune", help="fine-tune, then export to OUT/mtcnn_*.onnx")
+    f.add_argument("--nets", default="pnet,rnet,onet")
+    f.add_argument("--epochs", type=int, default=3)
+    f.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "sdk" / "models"))
+    a = ap.parse_args(argv)
+    if a.cmd == "export-orig":
+        ws = weights_from_wheel(a.wheel)
+        export_all({n: build(n, ws[n]) for n in NETS}, CACHE / "orig")
+    elif a.cmd == "prepare":
+        lfw = LFW(a.lfw)
+        people = [p for fold in lfw.people_folds()[:5] for p in fold]  # folds 6-10 stay unseen
+        rnd = random.Random(0)
+        paths = [s.path for s in rnd.sample(lfw.samples(people), a.n_lfw)]
+        paths += [s.path for s in rnd.sample(celeba(a.celeba), a.n_celeba)]
+        k, _, n = a.part.partition("/")
+        prepare(paths, CACHE / "data", a.masks, part=int(k), parts=int(n))
+    else:
+        nets = {n: from_onnx(CACHE / "orig" / f"mtcnn_{n}.onnx", n) for n in NETS}
+        for n in a.nets.split(","):
+            nets[n] = finetune(CACHE / "data", n, epochs=a.epochs)
+        export_all(nets, a.out)
+
+
+if __name__ == "__main__":
+    main()

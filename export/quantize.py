@@ -9,9 +9,18 @@ it ships with a dependency we already have, and its calibration runs on the CPU.
 but pulls in a large CUDA-oriented stack, and its TensorRT-specific placement gives no
 benefit on the CPU path; revisit it if TensorRT INT8 accuracy or speed disappoints.
 
-TensorRT constraints the settings follow: symmetric int8 activations and weights (zero
-point 0), per-channel weights on axis 0, and float bias (``QuantizeBias: False``), because
-TensorRT rejects a DequantizeLinear of an int32 bias. The L2-normalisation tail stays float.
+Two INT8 targets, because the two consumers want different things (measured, see
+benchmarks/RESULTS.md):
+
+* ``tensorrt`` (default): what TensorRT requires: symmetric int8 activations and weights (zero
+  point 0, S8S8), per-channel weights on axis 0, float bias (``QuantizeBias: False``; TensorRT
+  rejects a DequantizeLinear of an int32 bias).
+* ``cpu``: ONNX Runtime on x86 without VNNI (AVX2 only, like the 2-core dev box): uint8
+  asymmetric activations with 7-bit (``reduce_range``) symmetric per-channel weights (U8S8).
+  ORT's AVX2 kernels sum pairs of u8*s8 products in int16 (VPMADDUBSW), which saturates with
+  full-range weights: S8S8 there is both slower and less accurate. Not for TensorRT.
+
+Both keep the L2-normalisation tail in float and are calibrated on masked and unmasked faces.
 
 FP16: ONNX Runtime's own converter (``onnxruntime.transformers.float16``, the same code as
 onnxconverter-common) with **float32 inputs and outputs** (``keep_io_types``), so callers
@@ -116,14 +125,13 @@ def calibration_faces(cache: str | os.PathLike | dict, people: set[str] | None =
     return np.concatenate([z["img112_masked"][pick[:n_masked]], z["img112"][pick[n_masked:]]])
 
 
-def to_int8(src: str | os.PathLike, dst: str | os.PathLike, faces: np.ndarray, method: str = "minmax",
-            reduce_range: bool = False, ops: Sequence[str] = INT8_OPS) -> Path:
+def to_int8(src: str | os.PathLike, dst: str | os.PathLike, faces: np.ndarray, target: str = "tensorrt",
+            method: str = "minmax", ops: Sequence[str] = INT8_OPS) -> Path:
     """Write the INT8 QDQ variant of ``src`` calibrated on ``faces`` (aligned RGB uint8 crops).
 
-    ``method``: ``minmax`` (cheap, the default) or ``percentile`` (99.999 %, clips outliers;
-    keeps histograms of every activation, so use a few hundred faces at most).
-    ``reduce_range`` (7-bit weights) avoids int16 saturation on x86 CPUs without VNNI at a
-    small accuracy cost; TensorRT does not need it.
+    ``target``: ``tensorrt`` (S8S8 symmetric) or ``cpu`` (U8S8, reduce_range), see the module doc.
+    ``method``: ``minmax`` (cheap, the default), ``percentile`` (99.999 %, clips outliers) or
+    ``entropy``; the histogram methods keep every activation, so use a few hundred faces at most.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -132,16 +140,19 @@ def to_int8(src: str | os.PathLike, dst: str | os.PathLike, faces: np.ndarray, m
                "entropy": CalibrationMethod.Entropy}
     if method not in methods:
         raise ValueError(f"calibration method must be one of {sorted(methods)}, got {method!r}")
-    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+    if target not in ("tensorrt", "cpu"):
+        raise ValueError(f"INT8 target must be 'tensorrt' or 'cpu', got {target!r}")
+    trt = target == "tensorrt"
+    extra = {"ActivationSymmetric": trt, "WeightSymmetric": True, "QuantizeBias": False}
     if method == "percentile":
         extra["CalibPercentile"] = 99.999
     with tempfile.TemporaryDirectory() as tmp:
         pre = os.path.join(tmp, "pre.onnx")
-        # shape inference + ORT's basic fusions (Conv+Mul+Add folds the per-channel affines into the convs)
+        # shape inference + ORT's basic fusions (folds any per-channel affine left after a conv into it)
         quant_pre_process(os.fspath(src), pre, skip_symbolic_shape=True)
         quantize_static(pre, os.fspath(dst), FaceCalibrationReader(faces), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=list(ops), per_channel=True, reduce_range=reduce_range,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=list(ops), per_channel=True, reduce_range=not trt,
+                        activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=methods[method], extra_options=extra)
     _copy_metadata(src, dst)
     return Path(dst)

@@ -40,10 +40,10 @@ def dlib_embedder(cache: dict) -> Callable[[bool], np.ndarray]:
 
 
 def dlib_port_embedder(cache: dict) -> Callable[[bool], np.ndarray]:
-    """dlib's ResNet through our parity-tested torch port (batched; ~10x faster than dlib on CPU)."""
+    """dlib's ResNet through our parity-tested port under ONNX Runtime (~8x faster than dlib on CPU)."""
     def compute(chips: np.ndarray) -> np.ndarray:
-        from maskfr.training.teacher import DlibTeacher
-        return DlibTeacher(batch_size=128)(chips)
+        from maskfr.training.teacher import OnnxTeacher
+        return OnnxTeacher()(chips)
     return lambda masked: _cached("dlibport", cache, compute, "chip150_masked" if masked else "chip150")
 
 

@@ -80,11 +80,11 @@ class MaskedFaces(torch.utils.data.Dataset):
 
 
 def teacher_embeddings(chips: np.ndarray, cache_file: Path) -> np.ndarray:
-    """dlib teacher (our torch port) on unmasked chips, L2-normalised, cached on disk."""
+    """dlib teacher (our parity-tested port, under ONNX Runtime) on unmasked chips, L2-normalised, cached."""
     if cache_file.exists():
         return np.load(cache_file)
-    from maskfr.training.teacher import DlibTeacher
-    emb = DlibTeacher(batch_size=128)(chips)
+    from maskfr.training.teacher import OnnxTeacher
+    emb = OnnxTeacher()(chips)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_suffix(".tmp.npy")

@@ -98,7 +98,7 @@ def markdown_rows(report: dict) -> list[str]:
     return rows
 
 
-TABLE_HEADER = ["| model | pairs | accuracy % (10-fold) | TAR@FAR1e-2 % | TAR@FAR1e-3 % | end-to-end acc % |",
+TABLE_HEADER = ["| model | setting | accuracy % (10-fold) | TAR@FAR1e-2 % | TAR@FAR1e-3 % | end-to-end acc % |",
                 "|---|---|---|---|---|---|"]
 
 

@@ -97,12 +97,12 @@ class FaceCalibrationReader:
 
 
 def lfw_people(lfw_root: str | os.PathLike, folds: Iterable[int] = range(1, 6)) -> set[str]:
-    """People in the given (1-based) ``pairs.txt`` folds: calibration uses folds 1-5 only, so
-    folds 6-10 stay unseen for evaluation (LFW folds are identity-disjoint)."""
+    """People of the given (1-based) ``people.txt`` folds: calibration uses folds 1-5 only, the
+    training people, so the people of the test folds 6-10 stay unseen."""
     from maskfr.training.data import LFW
 
-    want = {f - 1 for f in folds}
-    return {Path(x).parent.name for p in LFW(lfw_root).pairs() if p.fold in want for x in (p.a, p.b)}
+    people = LFW(lfw_root).people_folds()
+    return {name for f in folds for name in people[f - 1]}
 
 
 def calibration_faces(cache: str | os.PathLike | dict, people: set[str] | None = None, n: int = 256,

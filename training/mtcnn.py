@@ -319,9 +319,8 @@ def finetune(data_dir: str | Path, name: str, epochs: int = 3, lr: float = 1e-4,
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         start = state["epoch"]
-    gen = torch.Generator().manual_seed(0)
     for epoch in range(start, epochs):
-        perm = torch.randperm(len(x), generator=gen).numpy()
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch)).numpy()
         total = 0.0
         for b in range(0, len(perm), batch):
             idx = perm[b:b + batch]
@@ -362,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--part", default="0/1", help="k/K: this process's share of the chunks")
     f = sub.add_parser("finetune", help="fine-tune, then export to OUT/mtcnn_*.onnx")
     f.add_argument("--nets", default="pnet,rnet,onet")
-    f.add_argument("--epochs", type=int, default=3)
+    f.add_argument("--epochs", default="3", help="one count, or one per net in --nets (e.g. 1,2,2)")
     f.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "sdk" / "models"))
     a = ap.parse_args(argv)
     if a.cmd == "export-orig":
@@ -378,8 +377,10 @@ def main(argv: list[str] | None = None) -> None:
         prepare(paths, CACHE / "data", a.masks, part=int(k), parts=int(n))
     else:
         nets = {n: from_onnx(CACHE / "orig" / f"mtcnn_{n}.onnx", n) for n in NETS}
-        for n in a.nets.split(","):
-            nets[n] = finetune(CACHE / "data", n, epochs=a.epochs)
+        names = a.nets.split(",")
+        epochs = [int(e) for e in a.epochs.split(",")]
+        for n, e in zip(names, epochs * len(names) if len(epochs) == 1 else epochs):
+            nets[n] = finetune(CACHE / "data", n, epochs=e)
         export_all(nets, a.out)
 
 

@@ -7,7 +7,6 @@ person / no face found, 2 bad input or a missing component (model, detector, bac
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import sys
 import time
@@ -17,7 +16,6 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-DEMO_FACES = Path(__file__).resolve().parent / "data" / "demo_faces.json"
 
 
 def _recognizer(a: argparse.Namespace) -> Any:
@@ -236,69 +234,90 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
-def _demo_images() -> list[tuple[str, str, np.ndarray]]:
-    import cv2
-    data = json.loads(DEMO_FACES.read_text())
-    return [(d["identity"], d["file"], cv2.imdecode(np.frombuffer(base64.b64decode(d["jpeg_base64"]), np.uint8), 1))
-            for d in data["images"]]
-
-
-def _draw_mask(img: np.ndarray, landmarks: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """A plain blue surgical-style mask from below the eyes to the chin (for the demo only)."""
-    import cv2
-    out = img.copy()
-    eyes_y = landmarks[:2, 1].mean()
-    top = eyes_y + 0.45 * (landmarks[2, 1] - eyes_y)
-    l, r, b = box[0] + 2, box[2] - 2, box[3] + 0.05 * (box[3] - box[1])
-    poly = np.array([[l, top], [r, top], [r - 0.1 * (r - l), b], [l + 0.1 * (r - l), b]], np.int32)
-    cv2.fillPoly(out, [poly], (200, 170, 110))
-    return out
+def _demo_face(rec: Any, img: np.ndarray, what: str) -> Any:
+    """The largest face of a demo image, or None (``NoFaceError`` is an answer here, not an error)."""
+    from maskfr.recognizer import NoFaceError
+    try:
+        return rec.face(img, what)
+    except NoFaceError:
+        return None
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    """Verify and identify the bundled photos, unmasked and with a drawn mask; everything offline."""
+    """Offline demo on public-domain photos from scikit-image: a face, the same face with a drawn mask,
+    and a photo without a face. Exit 0 when every answer is the expected one, 1 otherwise."""
+    from maskfr.demo import CREDITS, DemoDataMissing, annotate, demo_images, draw_mask
     from maskfr.recognizer import DEFAULT_MODEL, FaceRecognizer
     if a.model is None and not DEFAULT_MODEL.exists():
         print(f"maskfr demo: the default model {DEFAULT_MODEL.name} is not installed in this build yet; "
               "run with --model PATH.onnx", file=sys.stderr)
         return 2
     try:
-        rec = FaceRecognizer(a.model, backend=a.backend)
-        photos = _demo_images()
-        faces = [rec.face(img, name) for _, name, img in photos]
-    except RuntimeError as exc:  # e.g. no detector in this build
+        photos = demo_images()
+    except DemoDataMissing as exc:
         print(f"maskfr demo: {exc}", file=sys.stderr)
         return 2
-    masked_img = _draw_mask(photos[0][2], faces[0].landmarks, faces[0].box)
-    masked = rec.face(masked_img, "masked photo")
-    gallery = rec.new_gallery()
-    for (who, _, _), f in zip(photos[1:], faces[1:]):
-        gallery.add(who, f.embedding)
-    trials = [(f"{photos[0][1]} vs {photos[1][1]}", faces[0], faces[1]),
-              (f"{photos[0][1]} vs {photos[2][1]}", faces[0], faces[2]),
-              (f"{photos[0][1]} + drawn mask vs {photos[1][1]}", masked, faces[1]),
-              (f"{photos[0][1]} + drawn mask vs {photos[2][1]}", masked, faces[2])]
+    try:
+        rec = FaceRecognizer(a.model, backend=a.backend)
+        face = _demo_face(rec, photos["astronaut"], "astronaut")
+    except (RuntimeError, FileNotFoundError) as exc:  # e.g. no detector in this build, detector nets missing
+        print(f"maskfr demo: {exc}", file=sys.stderr)
+        return 2
+    if face is None:
+        print("maskfr demo: no face found in the astronaut photo; the detector is not working", file=sys.stderr)
+        return 1
+    masked_img = draw_mask(photos["astronaut"], face.landmarks)
+    masked = _demo_face(rec, masked_img, "astronaut + drawn mask")
+    coffee = _demo_face(rec, photos["coffee"], "coffee")
+    # (label, face a, face b, expected answer)
+    trials = [("astronaut vs astronaut + drawn mask", face, masked, "same"), ("astronaut vs coffee", face, coffee, "no face")]
     rows = []
-    for label, fa, fb in trials:
-        r = rec.verify(fa.embedding, fb.embedding)
-        rows.append({"pair": label, "similarity": round(r.similarity, 4), "same": r.same,
-                     "masked": [fa.masked, fb.masked]})
-    best = gallery.search(masked.embedding, 2)[0]
-    ident = {"probe": f"{photos[0][1]} + drawn mask", "identity": best[0].identity if best[0].similarity >= rec.threshold
-             else None, "matches": [{"identity": m.identity, "similarity": round(m.similarity, 4)} for m in best]}
-    expected = [True, False, True, False]
-    ok = [r["same"] for r in rows] == expected and ident["identity"] == photos[0][0]
+    for label, fa, fb, expected in trials:
+        row: dict[str, Any] = {"pair": label, "expected": expected, "similarity": None, "same": None,
+                               "masked": [fa.masked, None if fb is None else fb.masked]}
+        if fb is None:
+            row["answer"] = "no face"
+        else:
+            r = rec.verify(fa.embedding, fb.embedding)
+            row.update(similarity=round(r.similarity, 4), same=r.same, answer="same" if r.same else "different")
+        row["correct"] = row["answer"] == expected
+        rows.append(row)
+    flags = [("astronaut", face, False)] + ([("astronaut + drawn mask", masked, True)] if masked is not None else [])
+    mask_flags = [{"image": n, "masked": f.masked, "mask_score": None if f.mask_score is None else round(f.mask_score, 4),
+                   "expected": want, "correct": f.masked is None or f.masked == want} for n, f, want in flags]
+    ok = all(r["correct"] for r in rows) and all(m["correct"] for m in mask_flags)
+    written = []
+    if a.out:
+        import cv2
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, img, faces, label in (
+                ("astronaut.png", photos["astronaut"], [face], "astronaut (NASA, public domain)"),
+                ("astronaut_masked.png", masked_img, [masked] if masked is not None else [], "astronaut + drawn mask"),
+                ("coffee.png", photos["coffee"], [coffee] if coffee is not None else [],
+                 "coffee: no face" if coffee is None else "coffee")):
+            cv2.imwrite(str(out / name), annotate(img, faces, label))
+            written.append(str(out / name))
     if a.json:
         print(json.dumps({"model_version": rec.model_version, "backend": rec.runner.name, "threshold": rec.threshold,
-                          "verify": rows, "identify": ident, "all_correct": ok}))
-    else:
-        print(f"maskfr demo: model {rec.model_version} on {rec.runner.name}, threshold {rec.threshold:.3f}")
-        for r in rows:
-            print(f"  {r['pair']:<52} similarity {r['similarity']:+.3f}  {'SAME' if r['same'] else 'different'}"
-                  f"  (mask detected: {r['masked'][0]})")
-        top = ", ".join(f"{m['identity']} {m['similarity']:.3f}" for m in ident["matches"])
-        print(f"  identify {ident['probe']}: {ident['identity'] or 'unknown'} (top: {top})")
-        print("all correct" if ok else "some answers differ from the truth (see above)")
+                          "photos": CREDITS, "face": _face_json(face),
+                          "masked_face": None if masked is None else _face_json(masked),
+                          "mask_flags": mask_flags, "verify": rows, "all_correct": ok, "out": written}))
+        return 0 if ok else 1
+    print(f"maskfr demo: model {rec.model_version} on {rec.runner.name}, threshold {rec.threshold:.3f}")
+    print(f"  photos: {CREDITS['astronaut']}; {CREDITS['coffee']}")
+    for m in mask_flags:
+        got = "n/a (no mask classifier)" if m["masked"] is None else \
+            f"{'mask' if m['masked'] else 'no mask'} (score {m['mask_score']:.3f})"
+        print(f"  mask flag, {m['image']:<24} {got:<26} expected {'mask' if m['expected'] else 'no mask'}"
+              f"  {'ok' if m['correct'] else 'WRONG'}")
+    for r in rows:
+        got = f"{r['answer'].upper()} (similarity {r['similarity']:+.3f})" if r["similarity"] is not None \
+            else f"no face in {r['pair'].split(' vs ')[1]}"
+        print(f"  verify {r['pair']:<36} {got:<30} expected {r['expected']}  {'ok' if r['correct'] else 'WRONG'}")
+    for p in written:
+        print(f"  wrote {p}")
+    print("all correct" if ok else "some answers differ from the expected ones (see above)")
     return 0 if ok else 1
 
 
@@ -358,7 +377,9 @@ def add_runtime_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, default=2.0)
     p.add_argument("--gallery-size", type=int, default=10_000)
     common(p)
-    p = add("demo", cmd_demo, "offline demo on the bundled photos: verify and identify, with and without a mask")
+    p = add("demo", cmd_demo, "offline demo on public-domain photos from scikit-image (pip install 'maskfr[demo]'): "
+            "a face verified against itself with a drawn mask, mask flags, and a photo without a face")
+    p.add_argument("--out", metavar="DIR", help="write the annotated photos here")
     common(p)
 
 

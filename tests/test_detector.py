@@ -1,9 +1,8 @@
 """maskfr.detector: NMS, the cascade's input handling and output frame, ONNX/torch parity, and a
-masked-face detection floor on real LFW faces (bundled demo faces always; shared data when present)."""
+masked-face detection floor on real faces (scikit-image's public-domain astronaut photo when
+scikit-image is installed; LFW from the shared data when present)."""
 from __future__ import annotations
 
-import base64
-import json
 from pathlib import Path
 
 import cv2
@@ -14,21 +13,18 @@ from maskfr.detector import MODELS_DIR, Detection, FaceDetector, box_iou, nms, t
 
 from conftest import draw_face, face_landmarks
 
-DEMO = MODELS_DIR.parent / "data" / "demo_faces.json"
-
 
 @pytest.fixture(scope="module")
 def detector() -> FaceDetector:
     return FaceDetector(backend="cpu")
 
 
-def demo_faces() -> list[np.ndarray]:
-    """The bundled LFW demo photos (BGR), so a real face is available without the shared data."""
-    if not DEMO.is_file():
-        pytest.skip("bundled demo faces not present")
-    imgs = json.loads(DEMO.read_text())["images"]
-    return [cv2.imdecode(np.frombuffer(base64.b64decode(i["jpeg_base64"]), np.uint8), cv2.IMREAD_COLOR)
-            for i in imgs]
+def public_faces() -> list[np.ndarray]:
+    """Real faces that never come from the shared data: scikit-image's public-domain NASA portrait
+    of Eileen Collins (BGR), cropped around the face (away from the mission patch), mirrored, shrunk."""
+    data = pytest.importorskip("skimage.data")
+    crop = np.ascontiguousarray(data.astronaut()[0:230, 110:340, ::-1])
+    return [crop, np.ascontiguousarray(crop[:, ::-1]), cv2.resize(crop, (160, 160), interpolation=cv2.INTER_AREA)]
 
 
 # -- NMS ---------------------------------------------------------------------------------------
@@ -94,11 +90,11 @@ def test_drawn_face_frame_and_formats(detector: FaceDetector) -> None:
 
 
 def test_real_face_landmark_order_and_batch(detector: FaceDetector) -> None:
-    faces = demo_faces()[:3]
+    faces = public_faces()
     for img in faces:
         dets = detector.detect(img)
         _check(dets, img.shape)
-        assert dets, "no face found on a bundled LFW photo"
+        assert dets, "no face found on the astronaut photo"
         d = min(dets, key=lambda d: np.sum(((d.box[:2] + d.box[2:]) / 2 - np.array(img.shape[1::-1]) / 2) ** 2))
         le, re, nose, lm, rm = d.landmarks
         assert le[0] < re[0] and lm[0] < rm[0]  # image-left first, as maskfr.align expects
@@ -172,13 +168,13 @@ def _rate(detector: FaceDetector, cases: list) -> tuple[float, float]:
     return hits / len(cases), float(np.mean(errs)) if errs else np.inf
 
 
-def test_masked_demo_faces(detector: FaceDetector) -> None:
-    """Procedural masks (no data files needed) on the bundled photos: still found, points still close."""
+def test_masked_public_faces(detector: FaceDetector) -> None:
+    """Procedural masks (no data files needed) on the public-domain photo: still found, points still close."""
     pytest.importorskip("dlib")
     pytest.importorskip("face_recognition_models")
-    cases = [c for i, img in enumerate(demo_faces()) if (c := _masked(img[..., ::-1].copy(), None, i))]
+    cases = [c for i, img in enumerate(public_faces() * 2) if (c := _masked(img[..., ::-1].copy(), None, i))]
     rate, err = _rate(detector, cases)
-    assert rate >= 0.9 and err < 0.35, (rate, err)  # shipped nets: 100%, 0.25 (masked points are weak)
+    assert rate >= 0.9 and err < 0.35, (rate, err)  # shipped nets: 100%, 0.22 (masked points are weak)
 
 
 @pytest.mark.data

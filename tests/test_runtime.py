@@ -276,9 +276,48 @@ def test_cli_demo_message_without_default_model(capsys):
     assert main(["demo"]) == 2 and "not installed" in capsys.readouterr().err
 
 
-def test_cli_demo_runs_offline_with_a_model(model, capsys):
+def test_demo_mask_covers_lower_face_only():
+    from maskfr.align import ARCFACE_112
+    from maskfr.demo import draw_mask, mask_polygon
+    img = np.full((112, 112, 3), 90, np.uint8)
+    out = draw_mask(img, ARCFACE_112, colour=(255, 0, 0))
+    covered = out[..., 0] == 255
+    (lex, ley), (rex, rey), (nx, ny), (lmx, lmy), (rmx, rmy) = np.round(ARCFACE_112).astype(int)
+    assert covered[lmy, lmx] and covered[rmy, rmx] and covered[lmy + 12, (lmx + rmx) // 2]  # mouth and chin
+    assert not covered[ley, lex] and not covered[rey, rex] and not covered[ny - 3, nx]  # eyes, nose tip
+    assert not covered[:int(ny)].any()
+    # a tilted face gets the same mask, tilted
+    c, s = np.cos(0.4), np.sin(0.4)
+    rot = (ARCFACE_112 - 56) @ np.array([[c, s], [-s, c]]) + 56
+    ref = (mask_polygon(ARCFACE_112) - 56) @ np.array([[c, s], [-s, c]]) + 56
+    assert np.abs(mask_polygon(rot) - ref).max() <= 1.5
+
+
+def test_cli_demo_without_scikit_image(model, monkeypatch, capsys):
     from maskfr.cli import main
-    pytest.importorskip("maskfr.detector")  # the real detector runs on the bundled photos
-    rc = main(["demo", "--model", str(model), "--json"])
+    monkeypatch.setitem(sys.modules, "skimage", None)  # import skimage -> ImportError
+    assert main(["demo", "--model", str(model)]) == 2
+    assert "pip install 'maskfr[demo]'" in capsys.readouterr().err
+
+
+def test_cli_demo_runs_offline(model, capsys, tmp_path):
+    """The public-domain astronaut photo from scikit-image, masked, against itself and a photo without a face."""
+    import maskfr.recognizer as r
+    from maskfr.cli import main
+    pytest.importorskip("skimage")
+    pytest.importorskip("maskfr.detector")
+    args = [] if r.DEFAULT_MODEL.exists() else ["--model", str(model)]  # the stand-in when no model ships
+    rc = main(["demo", *args, "--json", "--out", str(tmp_path / "out")])
     out = json.loads(capsys.readouterr().out)
-    assert rc in (0, 1) and len(out["verify"]) == 4 and out["verify"][2]["masked"][0] is True
+    assert rc == (0 if out["all_correct"] else 1)
+    same, no_face = out["verify"]
+    assert same["expected"] == "same" and same["answer"] in ("same", "different") and -1 <= same["similarity"] <= 1
+    assert no_face["answer"] == "no face" and no_face["correct"] and no_face["similarity"] is None
+    assert out["face"]["score"] > 0.9 and out["masked_face"] is not None  # the drawn mask does not hide the face
+    if r.MaskClassifier.load() is not None:
+        assert [m["masked"] for m in out["mask_flags"]] == [False, True]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["astronaut.png", "astronaut_masked.png", "coffee.png"]
+    assert cv2.imread(out["out"][1]).shape == (512, 512, 3)
+    assert main(["demo", *args]) == rc  # the readable report
+    text = capsys.readouterr().out
+    assert "no face in coffee" in text and ("all correct" in text) == out["all_correct"]

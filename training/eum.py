@@ -198,8 +198,8 @@ def train_eum(model: nn.Module, data: EmbeddingPairs, loss: str = "srt", epochs:
         for i in range(0, len(order) - batch + 1, batch):
             idx = order[i:i + batch]
             a, p = model(x[idx]), y[idx]
-            if loss == "mse":
-                value = F.mse_loss(a, p)
+            if loss == "mse":  # squared error summed over dimensions: the triplet losses' distance
+                value = _sqdist(a, p).mean()
             else:
                 neg = p[random_negatives(lab[idx], gen)]
                 value = (srt_loss if loss == "srt" else triplet_loss)(a, p, neg, margin)

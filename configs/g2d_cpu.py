@@ -7,11 +7,14 @@ config = dict(
     batch_size=64,
     p_mask=0.75,  # share of training samples that get a fresh synthetic mask
     generative_pretraining=True,  # False = the paper's ablation (no inpainting stage)
+    center_teacher=True,  # centre dlib's narrow cone of embeddings (student and targets alike)
+    # small rates + warm-up: the student starts as (centred) dlib, and big early steps only undo that
     stages=dict(
-        inpaint=dict(epochs=1, lr_encoder=2e-4, lr_decoder=1e-3, hole_weight=5.0, max_steps=90),
-        reformer=dict(epochs=1, lr_encoder=5e-5, lr_reformer=2e-4, tau=0.1, w_relation=1.0, w_instance=1.0,
-                      max_steps=140),
-        classifier=dict(epochs=1, lr_head=1e-2, lr_reformer=5e-5, margin=0.2, scale=30.0, w_kd=1.0, max_steps=60),
+        inpaint=dict(epochs=1, lr_encoder=2e-4, lr_decoder=1e-3, hole_weight=5.0, max_steps=90, warmup_steps=10),
+        reformer=dict(epochs=1, lr_encoder=1e-5, lr_reformer=3e-5, tau=0.1, w_relation=1.0, w_instance=1.0,
+                      max_steps=140, warmup_steps=20),
+        classifier=dict(epochs=1, lr_head=1e-2, lr_reformer=1e-5, margin=0.2, scale=30.0, w_kd=1.0, max_steps=60,
+                        warmup_steps=10),
     ),
     threads=2,
     workers=1,

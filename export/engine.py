@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from maskfr.export.onnx_export import INPUT_NAME, INPUT_SIZE, sha256
+from maskfr.export.onnx_export import INPUT_NAME, INPUT_SIZE, read_metadata, sha256
 
 FLAVOURS = ("tensorrt", "tensorrt_rtx")
 PRECISIONS = ("fp32", "fp16", "int8", "best")
@@ -222,6 +222,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
         "gpu": gpu["name"] if gpu and sm in (None, gpu["sm"]) else AOT,
         "compute_capability": f"{target_sm // 10}.{target_sm % 10}", "sm": target_sm,
         "onnx": Path(onnx_path).name, "onnx_sha256": sha256(onnx_path), "precision": precision,
+        "model_metadata": read_metadata(onnx_path),
         "onnx_precision": have, "strongly_typed": strongly_typed,
         "profile": {"input": INPUT_NAME, "batch": [lo, opt, hi], "shape": [3, INPUT_SIZE, INPUT_SIZE]},
         "layers": network.num_layers, "timing_cache": str(timing_cache) if cache is not None else None,

@@ -22,6 +22,29 @@ def golden_path(model: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".golden.npz")
 
 
+def public_faces(n: int = 16, seed: int = 0) -> np.ndarray:
+    """(n,112,112,3) RGB crops of the public-domain astronaut photo (scikit-image), half with a drawn mask.
+
+    Released golden files must not carry dataset faces (LFW, CelebA), so they use this photo:
+    the detector's landmarks, jittered by a few pixels per crop so every crop differs.
+    """
+    from maskfr.align import similarity_transform, template, warp_face
+    from maskfr.demo import demo_images, draw_mask
+    from maskfr.detector import FaceDetector
+    img = demo_images()["astronaut"]
+    faces = FaceDetector().detect(img)
+    if not faces:
+        raise RuntimeError("the detector found no face in the astronaut photo")
+    lm = np.asarray(max(faces, key=lambda f: f.score).landmarks, np.float64).reshape(5, 2)
+    rng = np.random.default_rng(seed)
+    crops = []
+    for k in range(n):
+        src = draw_mask(img, lm) if k % 2 else img
+        jit = lm + rng.normal(0, 1.5, lm.shape) if k > 1 else lm
+        crops.append(warp_face(src, similarity_transform(jit, template(112)))[..., ::-1])
+    return np.ascontiguousarray(np.stack(crops))
+
+
 def write_golden(model: str | os.PathLike, faces: np.ndarray, out: str | os.PathLike | None = None) -> Path:
     """Record ``faces`` (N,112,112,3 RGB uint8) and this model's ONNX Runtime embeddings of them."""
     faces = np.ascontiguousarray(faces, np.uint8)
@@ -54,4 +77,4 @@ def check_golden(model: str | os.PathLike, golden: str | os.PathLike | None = No
     return rep
 
 
-__all__ = ["check_golden", "golden_path", "read_golden", "write_golden"]
+__all__ = ["check_golden", "golden_path", "public_faces", "read_golden", "write_golden"]

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from maskfr.align import ARCFACE_112, MEAN, STD, to_input
+from maskfr.backends import META_PREFIX
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -37,7 +38,6 @@ INPUT_SIZE = 112
 EMBED_DIM = 128
 #: Per-embedding cosine an FP32 export must reach against torch (and ONNX against ONNX after slimming).
 MIN_COSINE = 0.9999
-META_PREFIX = "maskfr."
 
 
 # ---------------------------------------------------------------- loaders
@@ -84,7 +84,7 @@ def default_metadata(info: dict[str, Any] | None = None) -> dict[str, str]:
         "alignment": "maskfr.align: 5-point similarity (Umeyama) to alignment_template, cv2 INTER_LINEAR, border 0",
         "embedding_size": str(EMBED_DIM),
         "embedding": "L2-normalised; compare with the dot product (cosine)",
-        "thresholds": json.dumps(cfg.get("thresholds", {})),
+        "recommended_thresholds": json.dumps(cfg.get("thresholds", {})),
         "model_version": version,
         "training_data": str(cfg.get("training_data", cfg.get("data", "unknown"))),
         "git_rev": str(info.get("git_rev", "")),

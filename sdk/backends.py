@@ -26,6 +26,14 @@ import numpy as np
 log = logging.getLogger(__name__)
 BACKENDS = ("cpu", "cuda", "tensorrt")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+META_PREFIX = "maskfr."  # our keys in ONNX metadata_props, so they never clash with other tools'
+
+
+def model_metadata(props: dict[str, str]) -> dict[str, str]:
+    """A model's maskfr metadata with the ``maskfr.`` prefix stripped (unprefixed keys kept, prefixed ones win)."""
+    out = {k: v for k, v in props.items() if not k.startswith(META_PREFIX)}
+    out.update({k[len(META_PREFIX):]: v for k, v in props.items() if k.startswith(META_PREFIX)})
+    return out
 
 
 class BackendUnavailable(RuntimeError):
@@ -109,7 +117,7 @@ class OnnxRunner:
         self._input, self._output = inp.name, out.name
         n = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else -1
         self.input_shape = (n, 3, size, size)
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.metadata = model_metadata(self.session.get_modelmeta().custom_metadata_map)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, np.float32)
@@ -207,6 +215,7 @@ class TensorRTRunner:
         self.input_shape = (int(max_batch), 3, size, size)
         self.name = "tensorrt"
         self.metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in side.items()}
+        self.metadata.update(side.get("model_metadata", {}))  # the source ONNX's contract (thresholds, version)
         self._in_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self._in)))
         self._out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self._out)))
         self.context = self.engine.create_execution_context()

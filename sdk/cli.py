@@ -50,6 +50,27 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_thresholds(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from maskfr.training import cache as fc
+    from maskfr.training.data import LFW
+    from maskfr.training.embedders import onnx_embedder
+    from maskfr.training.evaluate import recommended_thresholds
+    folds = LFW(a.lfw).people_folds()
+    people = sorted({p for f in _folds(a.folds) for p in folds[f - 1]})
+    cache = fc.load(Path(a.cache) if a.cache else fc.CACHE_ROOT / "lfw.npz")
+    rows = np.flatnonzero(np.isin(cache["identity"], people))
+    if len(rows) == 0:
+        raise ValueError(f"no cached faces of the people of folds {a.folds}; build the cache with 'maskfr eval' first")
+    sub = {k: v[rows] for k, v in cache.items()}
+    rep = recommended_thresholds(onnx_embedder(a.model)(sub), sub)
+    rep.update(model=str(a.model), folds=a.folds)
+    Path(a.output).write_text(json.dumps(rep["thresholds"]) + "\n")
+    print(json.dumps(rep))
+    return 0
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from maskfr.training.train import train_from_args
     return train_from_args(a)
@@ -76,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="eval_out", help="folder for the JSON report and ROC plot")
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_eval)
+    h = sub.add_parser("thresholds", help="recommended similarity thresholds (FAR 1e-2, 1e-3) of an ONNX model, "
+                       "from masked and unmasked faces of LFW people the model was TRAINED on")
+    h.add_argument("--model", required=True, help="ONNX student")
+    h.add_argument("--lfw", required=True)
+    h.add_argument("--folds", default="1-5", help="people.txt folds (the training people; default 1-5)")
+    h.add_argument("--cache", help="aligned-face cache (.npz); default ~/.cache/maskfr/lfw.npz")
+    h.add_argument("-o", "--output", required=True, help="JSON file of thresholds, for 'maskfr export --thresholds'")
+    h.set_defaults(fn=cmd_thresholds)
     t = sub.add_parser("train", help="train G2D (inpaint -> reformer -> classifier), resumable")
     t.add_argument("config", help="a configs/*.py file")
     t.add_argument("--lfw", required=True)

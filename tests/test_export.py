@@ -43,7 +43,7 @@ def models(tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("export")
     f = faces()
     rep = ox.export_onnx(student, d / "m.onnx", faces=f, simplify=False, verbose=False,
-                         metadata={"model_version": "test-1", "thresholds": json.dumps({"far1e-3": 0.4})})
+                         metadata={"model_version": "test-1", "recommended_thresholds": json.dumps({"far=1e-3": 0.4})})
     return {"dir": d, "faces": f, "student": student, "report": rep, "fp32": d / "m.onnx",
             "fp16": to_fp16(d / "m.onnx", d / "m.fp16.onnx"),
             "int8": to_int8(d / "m.onnx", d / "m.int8.onnx", f),
@@ -60,7 +60,7 @@ def test_export_checker_metadata_and_parity(models):
     assert meta["colour_order"] == "RGB" and float(meta["mean"]) == 127.5 and float(meta["std"]) == 127.5
     assert json.loads(meta["input_size"]) == [112, 112] and meta["embedding_size"] == "128"
     assert np.allclose(json.loads(meta["alignment_template"]), ox.ARCFACE_112, atol=1e-4)
-    assert json.loads(meta["thresholds"]) == {"far1e-3": 0.4} and meta["model_version"] == "test-1"
+    assert json.loads(meta["recommended_thresholds"]) == {"far=1e-3": 0.4} and meta["model_version"] == "test-1"
     assert "training_data" in meta
     par = models["report"]["parity"]
     assert par["passed"] and par["min_cosine"] >= ox.MIN_COSINE
@@ -142,6 +142,9 @@ def test_engines_build_aot_and_sidecar_checks(models):
         assert on_disk["flavour"] == "tensorrt_rtx" and on_disk["tensorrt_version"] == trt.__version__
         assert on_disk["onnx_sha256"] == ox.sha256(models[prec]) and on_disk["profile"]["batch"] == [1, 4, 16]
         assert on_disk["layers"] > 0 and side["engine_bytes"] > 0
+        # the model's contract travels with the engine, so the runtime finds thresholds and version
+        assert on_disk["model_metadata"] == ox.read_metadata(models[prec])
+        assert json.loads(on_disk["model_metadata"]["recommended_thresholds"]) == {"far=1e-3": 0.4}
     # every ONNX node parses (a failed parse raises with the parser's errors)
     net = trt.Builder(trt.Logger(trt.Logger.ERROR)).create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(net, trt.Logger(trt.Logger.ERROR))

@@ -66,6 +66,19 @@ def test_verify_uses_recommended_threshold_and_override(rec, model):
                           detector=MarkerDetector()).threshold == 0.6
 
 
+def test_metadata_written_by_export_is_read(tmp_path):
+    """`maskfr export` stores its keys as ``maskfr.<key>``; the runtime must find them under ``<key>``."""
+    import onnx
+    path = make_model(tmp_path / "m.onnx", thresholds={"far=1e-3": 0.42}, version="g2d-7")
+    proto = onnx.load(str(path))
+    for p in proto.metadata_props:
+        p.key = "maskfr." + p.key
+    proto.metadata_props.add(key="producer_note", value="kept")
+    onnx.save(proto, str(path))
+    rec = FaceRecognizer(path, detector=MarkerDetector())
+    assert rec.threshold == 0.42 and rec.model_version == "g2d-7" and rec.metadata["producer_note"] == "kept"
+
+
 def test_no_face_is_a_clear_error(rec):
     with pytest.raises(NoFaceError, match="second image"):
         rec.verify(draw_faces([(1, 20, 30, 96)]), draw_faces([]))
@@ -268,11 +281,10 @@ def test_calibrate_picks_threshold_for_far():
     assert (impostor >= r["threshold"]).mean() <= 1e-3 and r["tar"] > 0.5
 
 
-def test_cli_demo_message_without_default_model(capsys):
+def test_cli_demo_message_without_default_model(capsys, monkeypatch, tmp_path):
     import maskfr.recognizer as r
     from maskfr.cli import main
-    if r.DEFAULT_MODEL.exists():
-        pytest.skip("default model ships: demo runs for real")
+    monkeypatch.setattr(r, "DEFAULT_MODEL", tmp_path / "missing.onnx")
     assert main(["demo"]) == 2 and "not installed" in capsys.readouterr().err
 
 

@@ -64,6 +64,7 @@ def test_resume_gives_identical_weights(tmp_path, monkeypatch):
     data = _tiny_data()
     cfg = _cfg(epochs=2)
     cfg["generative_pretraining"] = False
+    cfg["stages"]["reformer"]["warmup_steps"] = 3  # the crash lands mid warm-up: the schedule must resume too
     straight = Trainer(cfg, data, MaskSynth(None), tmp_path / "a", pretrained=False)
     straight.run_stage("reformer", None)
 
@@ -82,3 +83,20 @@ def test_resume_gives_identical_weights(tmp_path, monkeypatch):
     resumed.run_stage("reformer", None)
     for (k, a), b in zip(straight.student.state_dict().items(), resumed.student.state_dict().values()):
         assert torch.equal(a, b), f"{k} differs after resume"
+
+
+def test_teacher_centring_is_shared_by_student_and_targets(tmp_path):
+    data = _tiny_data()
+    data.teacher[:] = data.teacher + 2.0  # a narrow cone, like dlib's
+    data.teacher /= np.linalg.norm(data.teacher, axis=1, keepdims=True)
+    trainer = Trainer(_cfg(), data, MaskSynth(None), tmp_path, pretrained=False)
+    center = data.teacher.mean(0)
+    np.testing.assert_allclose(trainer.student.reformer.center.numpy(), center, atol=1e-6)
+    want = (data.teacher - center) / np.linalg.norm(data.teacher - center, axis=1, keepdims=True)
+    np.testing.assert_allclose(trainer.data.teacher, want, atol=1e-6)
+    assert abs(float((trainer.data.teacher @ trainer.data.teacher.T).mean())) < 0.2  # the cone is opened up
+    # the student applies the same map to its own unit vectors
+    ref = trainer.student.reformer
+    f = torch.randn(3, 32, 35, 35)
+    e = torch.nn.functional.normalize(ref.fc(ref.blocks(f).mean(dim=(2, 3))), dim=1)
+    torch.testing.assert_close(ref(f), torch.nn.functional.normalize(e - torch.from_numpy(center), dim=1))

@@ -102,6 +102,24 @@ TABLE_HEADER = ["| model | setting | accuracy % (10-fold) | TAR@FAR1e-2 % | TAR@
                 "|---|---|---|---|---|---|"]
 
 
+def recommended_thresholds(embed: Callable[[bool], np.ndarray], cache: dict[str, np.ndarray],
+                           fars: tuple[float, ...] = (1e-2, 1e-3)) -> dict:
+    """Similarity thresholds for target FARs, from every face of ``cache`` masked AND unmasked.
+
+    Deployed models meet both, so masked and unmasked embeddings are pooled under their
+    identity and every pair among them counts (impostor pairs sampled, see ``calibrate``).
+    Use people the model was trained on, never the test people.
+    """
+    from maskfr.cli_runtime import calibrate
+    names, labels = np.unique(cache["identity"], return_inverse=True)
+    emb = np.concatenate([embed(False), embed(True)])
+    reps = [calibrate(emb, np.r_[labels, labels], far) for far in fars]
+    return {"thresholds": {f"far={r['far']:g}": round(r["threshold"], 4) for r in reps},
+            "tar": {f"far={r['far']:g}": round(r["tar"], 4) for r in reps}, "faces": int(len(labels)),
+            "identities": int(len(names)), "impostor_pairs": reps[0]["impostor_pairs"],
+            "genuine_pairs": reps[0]["genuine_pairs"]}
+
+
 def lfw_pairs(root: str | Path, folds: list[int] | None = None) -> list[Pair]:
     """View-2 pairs, optionally only some folds (1-based, as people.txt numbers them)."""
     pairs = LFW(root).pairs()

@@ -104,7 +104,15 @@ class Decoder(nn.Module):
 
 
 class Reformer(nn.Module):
-    """Descriptors -> L2-normalised identity embedding (dlib's later levels + linear)."""
+    """Descriptors -> L2-normalised identity embedding (dlib's later levels + linear).
+
+    dlib's descriptors fill a narrow cone (two strangers still have cosine ~0.6), which
+    leaves a margin classifier and a softmax over similarities little room. ``center``
+    (the mean unit teacher embedding of the training faces, set by the trainer) moves the
+    cone's axis to the origin: the output is ``normalize(normalize(fc) - center)``, the
+    same centring the teacher targets get, so a dlib-initialised student starts equal to
+    its centred teacher. With ``center = 0`` it is plain ``normalize(fc)``.
+    """
 
     def __init__(self, dim: int = EMBED_DIM):
         super().__init__()
@@ -116,9 +124,11 @@ class Reformer(nn.Module):
             cin = width
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(256, dim, bias=False)
+        self.register_buffer("center", torch.zeros(dim))
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.fc(self.blocks(f).mean(dim=(2, 3))), dim=1)
+        e = F.normalize(self.fc(self.blocks(f).mean(dim=(2, 3))), dim=1)
+        return F.normalize(e - self.center, dim=1)
 
 
 class G2DStudent(nn.Module):

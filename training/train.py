@@ -16,7 +16,7 @@ import importlib.util
 import json
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +126,11 @@ class Trainer:
         self.run.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg["seed"])
         self.student: G2DStudent = create_student(pretrained=pretrained)
+        if cfg.get("center_teacher", True):  # see Reformer: student and targets share one centring
+            center = data.teacher.mean(0)
+            self.student.reformer.center.copy_(torch.from_numpy(center))
+            t = data.teacher - center
+            self.data = data = replace(data, teacher=t / np.linalg.norm(t, axis=1, keepdims=True))
         self.decoder = Decoder()
         self.head = CosFaceHead(data.n_classes, s=cfg["stages"]["classifier"]["scale"],
                                 m=cfg["stages"]["classifier"]["margin"])
@@ -190,6 +195,7 @@ class Trainer:
             return done
         s = self.cfg["stages"][stage]
         opt = self._optimizer(stage)
+        base_lrs = [g["lr"] for g in opt.param_groups]  # before a resume loads the warmed-up ones
         partial = self.run / f"{stage}.partial.pt"
         start = 0
         if partial.exists():
@@ -205,6 +211,7 @@ class Trainer:
             loader = torch.utils.data.DataLoader(
                 ds, batch_size=self.cfg["batch_size"], sampler=torch.utils.data.RandomSampler(ds, generator=order),
                 num_workers=self.cfg["workers"], drop_last=True, persistent_workers=False)
+            per_epoch = min(len(loader), s.get("max_steps") or len(loader))
             self.student.eval()  # dlib's "affine" layers are frozen statistics: no train/eval difference
             for m in train_mods:
                 m.train()
@@ -212,6 +219,10 @@ class Trainer:
             for step, batch in enumerate(loader):
                 if s.get("max_steps") and step >= s["max_steps"]:
                     break
+                # linear warm-up, a function of (epoch, step) only, so a resumed run follows the same schedule
+                warm = min(1.0, (epoch * per_epoch + step + 1) / max(1, s.get("warmup_steps", 0)))
+                for g, lr in zip(opt.param_groups, base_lrs):
+                    g["lr"] = lr * warm
                 loss, parts = self._loss(stage, batch)
                 opt.zero_grad()
                 loss.backward()

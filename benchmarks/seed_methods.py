@@ -1,6 +1,7 @@
 """Seed methods on masked LFW (pairs of folds 6-10): the dlib teacher, EUM (+SRT / +triplet), the MSE floor, MEER.
 
-    nice -n 15 python benchmarks/seed_methods.py --lfw ../shared/data/lfw [--meer RUN/meer.pt] [--ablations]
+    nice -n 15 python benchmarks/seed_methods.py --lfw ../shared/data/lfw [--meer RUN/meer.pt] [--ablations] \
+        [--student "G2D=model.onnx" ...] [--eum-on model.onnx] [--report "inpaint-then-teacher=RUN/x.json" ...]
 
 EUM models are trained here (seconds on a CPU) on the teacher embeddings of the G2D training faces
 (LFW people of people.txt folds 1-5 + CelebA, masked with the cache's fixed synthetic mask;
@@ -10,11 +11,14 @@ protocol), unmasked-unmasked is the teacher itself. ``--ablations`` prints the d
 (margin, embedding centring, schedule) instead of the main one.
 
 Speed: ONNX Runtime, CPU, 1 thread (the machine is shared), batch 32, median of 7 timed calls;
-EUM rows are teacher + the EUM graph.
+EUM rows are teacher + the EUM graph. ``--student`` rows are exported students (112 crops, ONNX);
+``--eum-on`` trains EUM + SRT on a student's embeddings instead of the teacher's; ``--report`` adds a row
+from an evaluation JSON written by ``maskfr train --eval`` or ``maskfr eval`` (no size or speed).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -95,6 +99,10 @@ def main() -> None:
     ap.add_argument("--meer", type=Path, help="MEER checkpoint (python -m maskfr.training.meer) to add as a row")
     ap.add_argument("--out", type=Path, default=E.CACHE_DIR / "runs" / "seed_methods")
     ap.add_argument("--ablations", action="store_true", help="print the EUM diagnosis table instead")
+    ap.add_argument("--student", action="append", default=[], metavar="NAME=ONNX", help="an exported student as a row")
+    ap.add_argument("--eum-on", type=Path, metavar="ONNX", help="also train EUM + SRT on this student's embeddings")
+    ap.add_argument("--eum-margin", type=float, default=2.0, help="SRT margin (the paper: 2.0)")
+    ap.add_argument("--report", action="append", default=[], metavar="NAME=JSON", help="a row from an eval JSON")
     a = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -117,7 +125,7 @@ def main() -> None:
     feats = temb[True][:32].copy()
     for name, loss in (("EUM + SRT", "srt"), ("EUM + triplet", "triplet"), ("MSE floor (residual MLP)", "mse")):
         model = E.ResidualMLP() if loss == "mse" else E.EUM()
-        E.train_eum(model, data, loss)
+        E.train_eum(model, data, loss, margin=a.eum_margin)
         torch.save(model.state_dict(), a.out / f"{loss}.pt")
         onnx_path = E.export_eum_onnx(model, a.out / f"{loss}.onnx")
         sess = ort(onnx_path)
@@ -127,11 +135,48 @@ def main() -> None:
                      f"{teacher_params / 1e6:.2f} M + {n / 1e3:.1f} k", f"{t_ms:.2f} + {e_ms:.4f}"))
     if a.meer:
         rows.append(meer_row(a.meer, sub, pairs, a.out))
+    for spec in a.student:
+        name, _, path = spec.partition("=")
+        rows.append(student_row(name, Path(path), sub, pairs, a.out))
+    if a.eum_on:
+        rows.append(eum_on_student(a.eum_on, a.lfw, a.eum_margin, sub, pairs, a.out))
+    for spec in a.report:
+        name, _, path = spec.partition("=")
+        rep = json.loads(Path(path).read_text())
+        rows.append((name, rep, "-", "-"))
     print("| method | masked-masked acc % | masked-unmasked acc % | unmasked-unmasked acc % | "
           "TAR@FAR1e-3 % (masked-unmasked) | parameters | CPU ms/face |")
     print("|---|---|---|---|---|---|---|")
     for name, rep, params, ms in rows:
         print(f"| {name} | {accuracy_cells(rep)} | {params} | {ms} |")
+
+
+def onnx_params(path: Path) -> int:
+    import onnx
+    return sum(int(np.prod(t.dims)) for t in onnx.load(str(path)).graph.initializer)
+
+
+def student_row(name: str, path: Path, sub: LazyRows, pairs, out: Path) -> tuple:
+    """An exported student (112 crops in, unit embeddings out) under ONNX Runtime."""
+    from maskfr.align import to_input
+    from maskfr.export.onnx_export import ort_embed
+    sess = ort(path)
+    emb = {m: l2n(ort_embed(sess, sub["img112_masked" if m else "img112"])) for m in (False, True)}
+    ms = ms_per_face(lambda b: sess.run(None, {"input": b}), to_input(sub["img112_masked"][:32]))
+    return name, evaluate(lambda m: emb[m], sub, pairs, out, name), f"{onnx_params(path) / 1e6:.2f} M", f"{ms:.2f}"
+
+
+def eum_on_student(path: Path, lfw: Path, margin: float, sub: LazyRows, pairs, out: Path) -> tuple:
+    """EUM + SRT trained on a student's embeddings of the training faces, applied to its masked probes."""
+    from maskfr.export.onnx_export import ort_embed
+    data = E.training_embeddings(lfw, model=path)
+    model = E.EUM()
+    E.train_eum(model, data, "srt", margin=margin)
+    sess = ort(path)
+    emb = {m: l2n(ort_embed(sess, sub["img112_masked" if m else "img112"])) for m in (False, True)}
+    n = sum(p.numel() for p in model.parameters())
+    return (f"EUM + SRT on {path.stem}", eval_mapped(f"srt-on-{path.stem}", model, sub, pairs, emb, out),
+            f"{onnx_params(path) / 1e6:.2f} M + {n / 1e3:.1f} k", "-")
 
 
 def meer_row(ckpt: Path, sub: LazyRows, pairs, out: Path) -> tuple:

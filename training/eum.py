@@ -151,10 +151,23 @@ def training_rows(cache_path: Path, tag: str, lfw_root: Path | None, folds: list
     return rows, tag + "-" + hashlib.sha1("\n".join(paths[rows].tolist()).encode()).hexdigest()[:12]
 
 
-def training_embeddings(lfw_root: Path, folds: list[int] = (1, 2, 3, 4, 5), threads: int = 1) -> EmbeddingPairs:
-    """Masked + unmasked teacher embeddings of the G2D training faces (LFW people of ``folds`` + CelebA).
+def cached_student(model: Path, crops: np.ndarray, out: Path) -> np.ndarray:
+    """Unit embeddings of 112x112 crops by an exported student (ONNX), cached at ``out``."""
+    if out.exists():
+        return np.load(out)
+    from maskfr.export.onnx_export import ort_embed
+    emb = ort_embed(model, crops).astype(np.float32)
+    np.save(out.with_suffix(".tmp.npy"), emb / np.linalg.norm(emb, axis=1, keepdims=True))
+    out.with_suffix(".tmp.npy").rename(out)
+    return np.load(out)
 
-    Only the needed arrays are read from the .npz caches (the full caches are ~4 GB).
+
+def training_embeddings(lfw_root: Path, folds: list[int] = (1, 2, 3, 4, 5), threads: int = 1,
+                        model: Path | None = None) -> EmbeddingPairs:
+    """Masked + unmasked embeddings of the G2D training faces (LFW people of ``folds`` + CelebA).
+
+    By the teacher (on dlib chips), or by an exported student ``model`` (on 112 crops) to train EUM
+    on top of G2D. Only the needed arrays are read from the .npz caches (the full caches are ~4 GB).
     """
     masked, unmasked, ids = [], [], []
     for tag in ("lfw", "celeba"):
@@ -162,6 +175,12 @@ def training_embeddings(lfw_root: Path, folds: list[int] = (1, 2, 3, 4, 5), thre
         rows, key = training_rows(path, tag, lfw_root, list(folds))
         with np.load(path) as z:
             ids.append(z["identity"][rows])
+            if model is not None:
+                from maskfr.export.onnx_export import sha256
+                stem = f"student-{sha256(model)[:12]}-{key}"
+                unmasked.append(cached_student(model, z["img112"][rows], CACHE_DIR / f"{stem}.npy"))
+                masked.append(cached_student(model, z["img112_masked"][rows], CACHE_DIR / f"{stem}-masked.npy"))
+                continue
             un = CACHE_DIR / f"teacher-{key}.npy"
             unmasked.append(np.load(un) if un.exists() else cached_teacher(z["chip150"][rows], un, threads))
             mk = CACHE_DIR / f"teacher-masked-{key}.npy"

@@ -114,8 +114,9 @@ def recommended_thresholds(embed: Callable[[bool], np.ndarray], cache: dict[str,
     names, labels = np.unique(cache["identity"], return_inverse=True)
     emb = np.concatenate([embed(False), embed(True)])
     reps = [calibrate(emb, np.r_[labels, labels], far) for far in fars]
-    return {"thresholds": {f"far={r['far']:g}": round(r["threshold"], 4) for r in reps},
-            "tar": {f"far={r['far']:g}": round(r["tar"], 4) for r in reps}, "faces": int(len(labels)),
+    key = lambda far: "far=" + f"{far:.0e}".replace("e-0", "e-")  # noqa: E731  "far=1e-3", as the runtime reads
+    return {"thresholds": {key(r["far"]): round(r["threshold"], 4) for r in reps},
+            "tar": {key(r["far"]): round(r["tar"], 4) for r in reps}, "faces": int(len(labels)),
             "identities": int(len(names)), "impostor_pairs": reps[0]["impostor_pairs"],
             "genuine_pairs": reps[0]["genuine_pairs"]}
 

@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     from maskfr.training.data import LFW, celeba
     from maskfr.training.masks import MaskSynth
     from maskfr.training.teacher import load_dlib_resnet
-    from maskfr.training.train import MaskedFaces, build_trainset
+    from maskfr.training.train import MaskedFaces, build_trainset, centred
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--lfw", required=True)
     ap.add_argument("--celeba")
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(a.seed)
     lfw = fc.load(fc.build(LFW(a.lfw).samples(), fc.CACHE_ROOT / "lfw.npz", a.masks))
     cel = fc.load(fc.build(celeba(a.celeba), fc.CACHE_ROOT / "celeba.npz", a.masks)) if a.celeba else None
-    data = build_trainset({"train_lfw_folds": [1, 2, 3, 4, 5]}, lfw, cel, Path(a.lfw), fc.CACHE_ROOT)
+    data = centred(build_trainset({"train_lfw_folds": [1, 2, 3, 4, 5]}, lfw, cel, Path(a.lfw), fc.CACHE_ROOT))
     del lfw, cel
     model = create_meer()
     center = torch.from_numpy(data.center)

@@ -55,6 +55,14 @@ class TrainSet:
     teacher: np.ndarray  # (N,128) float32, L2-normalised
     labels: np.ndarray  # (N,) int64
     n_classes: int
+    center: np.ndarray | None = None  # set by centred(): the mean the teacher targets were centred on
+
+
+def centred(data: TrainSet) -> TrainSet:
+    """Teacher targets moved off dlib's narrow cone: minus their mean, re-normalised (see ``Reformer``)."""
+    center = data.teacher.mean(0)
+    t = data.teacher - center
+    return replace(data, teacher=(t / np.linalg.norm(t, axis=1, keepdims=True)).astype(np.float32), center=center)
 
 
 class MaskedFaces(torch.utils.data.Dataset):
@@ -126,11 +134,9 @@ class Trainer:
         self.run.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg["seed"])
         self.student: G2DStudent = create_student(pretrained=pretrained)
-        if cfg.get("center_teacher", True):  # see Reformer: student and targets share one centring
-            center = data.teacher.mean(0)
-            self.student.reformer.center.copy_(torch.from_numpy(center))
-            t = data.teacher - center
-            self.data = data = replace(data, teacher=t / np.linalg.norm(t, axis=1, keepdims=True))
+        if cfg.get("center_teacher", True):  # student and targets share one centring
+            self.data = data = centred(data)
+            self.student.reformer.center.copy_(torch.from_numpy(data.center))
         self.decoder = Decoder()
         self.head = CosFaceHead(data.n_classes, s=cfg["stages"]["classifier"]["scale"],
                                 m=cfg["stages"]["classifier"]["margin"])

@@ -91,10 +91,16 @@ def score_image(faces: list[tuple], ref: dict, shape: tuple) -> tuple[bool, floa
     return True, err, unmatched
 
 
-def make_detectors(mtcnn_dirs: dict[str, Path]) -> dict:
+def make_detectors(mtcnn_dirs: dict[str, Path], thresholds: list[str] = ()) -> dict:
+    """dlib HOG, each MTCNN folder at the detector's default thresholds, and the package nets at each
+    ``P/R/O`` threshold triple of ``thresholds`` (e.g. ``0.6/0.5/0.5``)."""
     out = {"dlib HOG (upsample 1)": lambda bgr: dlib_faces(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))}
-    for label, d in mtcnn_dirs.items():
-        det = FaceDetector(models_dir=d, backend="cpu")
+    dets = {label: FaceDetector(models_dir=d, backend="cpu") for label, d in mtcnn_dirs.items()}
+    for t in thresholds:
+        p, r, o = (float(v) for v in t.split("/"))
+        dets[f"MTCNN maskfr, thresholds P/R/O {t}"] = FaceDetector(backend="cpu", pnet_threshold=p, rnet_threshold=r,
+                                                                    score_threshold=o)
+    for label, det in dets.items():
         out[label] = lambda bgr, det=det: [(r.box, r.landmarks) for r in det.detect(bgr)]
     return out
 
@@ -109,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mtcnn", action="append", default=[], metavar="LABEL=DIR",
                     help="an MTCNN model folder to compare (default: as-shipped originals in ~/.cache "
                          "if exported there, plus the package's nets)")
+    ap.add_argument("--thresholds", action="append", default=[], metavar="P/R/O",
+                    help="also run the package nets with these stage thresholds (repeatable), e.g. 0.6/0.5/0.5")
     ap.add_argument("--timing-frames", type=int, default=20)
     args = ap.parse_args(argv)
     from maskfr.training.masks import MaskSynth
@@ -121,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         if (orig / "mtcnn_onet.onnx").exists():
             dirs["MTCNN as shipped (facenet-pytorch)"] = orig
         dirs["MTCNN maskfr (package nets)"] = MODELS_DIR
-    detectors = make_detectors({k: Path(v) for k, v in dirs.items()})
+    detectors = make_detectors({k: Path(v) for k, v in dirs.items()}, args.thresholds)
 
     paths = sample_paths(args.lfw, args.n, args.seed, folds)
     refs = references(paths)

@@ -14,3 +14,10 @@ def test_cli_help_and_bad_input_exit_code(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "maskfr.cli", "mask", str(tmp_path / "nope"), str(tmp_path / "o")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+def test_top_level_names_are_lazy():
+    code = ("import sys, maskfr; assert 'maskfr.recognizer' not in sys.modules; "
+            "from maskfr import FaceRecognizer, Gallery, FaceDetector; print(FaceRecognizer.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "maskfr.recognizer"

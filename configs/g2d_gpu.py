@@ -15,6 +15,7 @@ config = dict(
         classifier=dict(epochs=10, lr_head=1e-2, lr_reformer=1e-5, margin=0.2, scale=30.0, w_kd=1.0,
                         max_steps=None, warmup_steps=100),
     ),
+    device="cuda",
     threads=16,
     workers=8,
 )

@@ -140,6 +140,9 @@ class Trainer:
         self.decoder = Decoder()
         self.head = CosFaceHead(data.n_classes, s=cfg["stages"]["classifier"]["scale"],
                                 m=cfg["stages"]["classifier"]["margin"])
+        self.device = torch.device(cfg.get("device", "cpu"))  # e.g. "cuda" in configs/g2d_gpu.py
+        for m in (self.student, self.decoder, self.head):
+            m.to(self.device)
         self.log = open(self.run / "log.jsonl", "a")
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -178,7 +181,7 @@ class Trainer:
 
     def _loss(self, stage: str, batch) -> tuple[torch.Tensor, dict]:
         s = self.cfg["stages"][stage]
-        masked, clean, occ, teacher, labels = batch
+        masked, clean, occ, teacher, labels = (t.to(self.device, non_blocking=True) for t in batch)
         if stage == "inpaint":
             out = self.decoder(self.student.encoder(masked))
             target = self.student.encoder.chip(clean)
@@ -295,6 +298,8 @@ def train_from_args(a) -> int:
     trainer = Trainer(cfg, data, MaskSynth(a.masks), run)
     final = trainer.fit()
     print(f"checkpoint: {final}")
+    trainer.student.cpu()  # evaluation below runs on the CPU
+    trainer.decoder.cpu()
     if not a.eval:
         return 0
     test_folds = [f for f in range(1, 11) if f not in cfg["train_lfw_folds"]]

@@ -10,7 +10,8 @@ config = dict(
     center_teacher=True,  # centre dlib's narrow cone of embeddings (student and targets alike)
     # small rates + warm-up: the student starts as (centred) dlib, and big early steps only undo that
     stages=dict(
-        inpaint=dict(epochs=1, lr_encoder=2e-4, lr_decoder=1e-3, hole_weight=5.0, max_steps=90, warmup_steps=10),
+        inpaint=dict(epochs=1, lr_encoder=1e-5, lr_new=2e-4, lr_decoder=1e-3, hole_weight=5.0, max_steps=90,
+                     warmup_steps=10),  # lr_new: the dilated blocks; lr_encoder: dlib's layers
         reformer=dict(epochs=1, lr_encoder=1e-5, lr_reformer=3e-5, tau=0.1, w_relation=1.0, w_instance=1.0,
                       max_steps=140, warmup_steps=20),
         classifier=dict(epochs=1, lr_head=1e-2, lr_reformer=1e-5, margin=0.2, scale=30.0, w_kd=1.0, max_steps=60,

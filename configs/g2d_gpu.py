@@ -9,7 +9,7 @@ config = dict(
     generative_pretraining=True,
     center_teacher=True,
     stages=dict(
-        inpaint=dict(epochs=20, lr_encoder=2e-4, lr_decoder=1e-3, hole_weight=5.0, max_steps=None, warmup_steps=100),
+        inpaint=dict(epochs=20, lr_encoder=1e-5, lr_new=2e-4, lr_decoder=1e-3, hole_weight=5.0, max_steps=None, warmup_steps=100),
         reformer=dict(epochs=30, lr_encoder=1e-5, lr_reformer=3e-5, tau=0.1, w_relation=1.0, w_instance=1.0,
                       max_steps=None, warmup_steps=200),
         classifier=dict(epochs=10, lr_head=1e-2, lr_reformer=1e-5, margin=0.2, scale=30.0, w_kd=1.0,

@@ -100,3 +100,15 @@ def test_teacher_centring_is_shared_by_student_and_targets(tmp_path):
     f = torch.randn(3, 32, 35, 35)
     e = torch.nn.functional.normalize(ref.fc(ref.blocks(f).mean(dim=(2, 3))), dim=1)
     torch.testing.assert_close(ref(f), torch.nn.functional.normalize(e - torch.from_numpy(center), dim=1))
+
+
+def test_inpaint_stage_keeps_dlib_layers_on_a_small_rate(tmp_path):
+    cfg = _cfg()
+    cfg["stages"]["inpaint"].update(lr_encoder=1e-5, lr_new=2e-4)
+    trainer = Trainer(cfg, _tiny_data(), MaskSynth(None), tmp_path, pretrained=False)
+    rate = {id(p): g["lr"] for g in trainer._optimizer("inpaint").param_groups for p in g["params"]}
+    enc = trainer.student.encoder
+    assert rate[id(enc.conv.weight)] == 1e-5 and rate[id(enc.level[0].conv1.weight)] == 1e-5
+    assert all(rate[id(p)] == 2e-4 for p in enc.dilated.parameters())
+    assert all(rate[id(p)] == 3e-3 for p in trainer.decoder.parameters())
+    assert len(rate) == sum(1 for _ in enc.parameters()) + sum(1 for _ in trainer.decoder.parameters())

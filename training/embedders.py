@@ -82,7 +82,11 @@ def torch_embedder(model, batch: int = 128) -> Callable[[dict], Callable[[bool],
 
 
 def inpaint_teacher_embedder(student, decoder, batch: int = 64) -> Callable[[dict], Callable[[bool], np.ndarray]]:
-    """Inpaint-then-teacher: our inpainter fills the face (in dlib's chip frame), dlib's ResNet embeds it."""
+    """Inpaint-then-teacher: our inpainter fills the masked region (in dlib's chip frame), dlib's ResNet embeds.
+
+    Only pixels under the mask are replaced, and the mask region is the synthesiser's own occlusion
+    map (``occ112``, an oracle a deployment would have to predict); unmasked faces pass unchanged.
+    """
     import torch
 
     from maskfr.align import to_input
@@ -92,13 +96,17 @@ def inpaint_teacher_embedder(student, decoder, batch: int = 64) -> Callable[[dic
     decoder.eval()
 
     @torch.inference_mode()
-    def run(imgs: np.ndarray) -> np.ndarray:
+    def run(imgs: np.ndarray, occ: np.ndarray | None) -> np.ndarray:
         out = []
         for i in range(0, len(imgs), batch):
-            chip = decoder(student.encoder(torch.from_numpy(to_input(imgs[i:i + batch]))))
+            x = torch.from_numpy(to_input(imgs[i:i + batch]))
+            chip = student.encoder.chip(x)
+            if occ is not None:
+                hole = (student.encoder.chip(torch.from_numpy(occ[i:i + batch, None].astype(np.float32))) > 0.5).float()
+                chip = chip * (1 - hole) + decoder(student.encoder(x)) * hole
             out.append(teacher(teacher.normalize(chip * 127.5 + 127.5)).numpy())
         return np.concatenate(out)
 
     def make(cache: dict) -> Callable[[bool], np.ndarray]:
-        return lambda masked: l2n(run(cache["img112_masked" if masked else "img112"]))
+        return lambda masked: l2n(run(cache["img112_masked"], cache["occ112"]) if masked else run(cache["img112"], None))
     return make

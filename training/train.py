@@ -172,7 +172,14 @@ class Trainer:
         s = self.cfg["stages"][stage]
         enc, ref = self.student.encoder.parameters(), self.student.reformer.parameters()
         if stage == "inpaint":
-            groups = [{"params": enc, "lr": s["lr_encoder"]}, {"params": self.decoder.parameters(), "lr": s["lr_decoder"]}]
+            # dlib's layers get a small rate (Adam at 2e-4 rewrote them within 90 steps: the reformer
+            # then started from features the teacher's later levels could not read); the new dilated
+            # blocks and the decoder learn at full rate
+            e = self.student.encoder
+            new = list(e.dilated.parameters())
+            old = [p for n, p in e.named_parameters() if not n.startswith("dilated.")]
+            groups = [{"params": old, "lr": s["lr_encoder"]}, {"params": new, "lr": s.get("lr_new", s["lr_encoder"])},
+                      {"params": self.decoder.parameters(), "lr": s["lr_decoder"]}]
         elif stage == "reformer":
             groups = [{"params": enc, "lr": s["lr_encoder"]}, {"params": ref, "lr": s["lr_reformer"]}]
         else:

@@ -40,7 +40,7 @@ class LFW:
     """Labeled Faces in the Wild: ``images_*/<Name>/<Name>_NNNN.jpg`` plus the protocol files."""
 
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+        self.root = Path(root).resolve()  # absolute: caches key faces by path, whatever the working directory
         dirs = sorted(self.root.glob("images_*")) or [self.root / "images"]
         self.images = dirs[0]
         if not self.images.is_dir():
@@ -94,7 +94,7 @@ class LFW:
 
 def celeba(root: str | os.PathLike) -> list[Sample]:
     """CelebA-style folder: ``images/`` plus ``identity.txt`` (``filename identity`` lines)."""
-    root = Path(root)
+    root = Path(root).resolve()
     out = []
     for ln in (root / "identity.txt").read_text().split("\n"):
         if ln.strip():

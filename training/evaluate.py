@@ -9,6 +9,7 @@ face, so detection failures show up as errors and are never dropped.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -68,8 +69,9 @@ def evaluate(embed: Callable[[bool], np.ndarray], cache: dict[str, np.ndarray], 
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"{name}.json").write_text(json.dumps(report, indent=1))
-        _plot_roc(curves, out / f"{name}_roc.png", name)
+        stem = re.sub(r"[^\w.+-]+", "_", name)  # a row name may hold spaces or slashes
+        (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
+        _plot_roc(curves, out / f"{stem}_roc.png", name)
     return report
 
 

@@ -106,5 +106,6 @@ def test_meer_tiny_training_lowers_the_loss():
     torch.manual_seed(0)
     torch.set_num_threads(1)
     batch = _meer_batch(4)
-    losses = train_meer(MEER(), frozen_teacher(DlibResNet()), [batch], steps=6, lr=1e-3, lr_encoder=1e-3)
+    losses = train_meer(MEER(), frozen_teacher(DlibResNet()), [batch], steps=6, lr=1e-3, lr_encoder=1e-3,
+                        lr_reformer=1e-3, warmup_steps=1)
     assert losses[-1] < losses[0]

@@ -34,7 +34,8 @@ def cmd_export(a: argparse.Namespace) -> int:
 
     meta = dict(kv.split("=", 1) for kv in a.meta)
     if a.thresholds:
-        meta["recommended_thresholds"] = Path(a.thresholds).read_text() if Path(a.thresholds).exists() else a.thresholds
+        text = Path(a.thresholds).read_text() if Path(a.thresholds).exists() else a.thresholds
+        meta["recommended_thresholds"] = json.dumps(json.loads(text))  # validated, one line
     rep = export_onnx(a.ckpt, a.output, opset=a.opset, metadata=meta, simplify=not a.no_slim, verbose=not a.json)
     if a.golden:
         from maskfr.export.golden import public_faces
@@ -100,8 +101,8 @@ def add_export_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--meta", nargs="*", default=[], metavar="KEY=VALUE", help="extra/overriding metadata")
     e.add_argument("--thresholds", help="recommended thresholds: JSON text or a JSON file")
     e.add_argument("--no-slim", action="store_true", help="skip onnxslim (kept only if parity holds anyway)")
-    e.add_argument("--golden", type=int, default=16, help="crops of the public-domain demo photo (needs maskfr[demo]) in model.golden.npz next to "
-                   "the model (0: none)")
+    e.add_argument("--golden", type=int, default=16, help="crops of the public-domain demo photo (needs "
+                   "maskfr[demo]) in model.golden.npz next to the model (0: none)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_export)
 

@@ -98,10 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_eval)
     h = sub.add_parser("thresholds", help="recommended similarity thresholds (FAR 1e-2, 1e-3) of an ONNX model, "
-                       "from masked and unmasked faces of LFW people the model was TRAINED on")
+                       "from masked and unmasked faces of LFW people the model was NOT trained on")
     h.add_argument("--model", required=True, help="ONNX student")
     h.add_argument("--lfw", required=True)
-    h.add_argument("--folds", default="1-5", help="people.txt folds (the training people; default 1-5)")
+    h.add_argument("--folds", default="6-10", help="people.txt folds of people never trained on (default 6-10, "
+                   "the held-out people of configs/g2d_*.py)")
     h.add_argument("--cache", help="aligned-face cache (.npz); default ~/.cache/maskfr/lfw.npz")
     h.add_argument("-o", "--output", required=True, help="JSON file of thresholds, for 'maskfr export --thresholds'")
     h.set_defaults(fn=cmd_thresholds)

@@ -110,7 +110,8 @@ def recommended_thresholds(embed: Callable[[bool], np.ndarray], cache: dict[str,
 
     Deployed models meet both, so masked and unmasked embeddings are pooled under their
     identity and every pair among them counts (impostor pairs sampled, see ``calibrate``).
-    Use people the model was trained on, never the test people.
+    Use people the model was NOT trained on: it separates its training people better than it will
+    separate strangers, so thresholds from them come out too low (too permissive).
     """
     from maskfr.cli_runtime import calibrate
     names, labels = np.unique(cache["identity"], return_inverse=True)

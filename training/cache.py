@@ -61,8 +61,12 @@ def _detect(img: np.ndarray, upsample: int) -> tuple[np.ndarray, float]:
     return np.array([d.left(), d.top(), d.right(), d.bottom()], np.float32), float(scores[k])
 
 
-def process_one(path: str, index: int, synth, upsample: int = 1) -> dict:
-    from maskfr.training.dlib_models import five_from_68, shape_predictor
+def masked_frame(path: str, index: int, synth, upsample: int = 1) -> dict:
+    """The full image, its masked copy (mask seeded by ``index``), occlusion map, dlib box and 68 landmarks.
+
+    This is the masked image every cache row and evaluation uses; :func:`process_one` crops from it.
+    """
+    from maskfr.training.dlib_models import shape_predictor
     import dlib
     img = read_rgb(path)
     h, w = img.shape[:2]
@@ -72,6 +76,13 @@ def process_one(path: str, index: int, synth, upsample: int = 1) -> dict:
     shape = shape_predictor(68)(img, dlib.rectangle(*[int(v) for v in rect_box]))
     lm68 = np.array([[p.x, p.y] for p in shape.parts()], np.float32)
     masked, occ = synth(img, lm68, np.random.default_rng(index))
+    return {"img": img, "masked": masked, "occ": occ, "box": box, "score": score, "found": found, "lm68": lm68}
+
+
+def process_one(path: str, index: int, synth, upsample: int = 1) -> dict:
+    from maskfr.training.dlib_models import five_from_68
+    f = masked_frame(path, index, synth, upsample)
+    img, masked, occ, box, score, found, lm68 = (f[k] for k in ("img", "masked", "occ", "box", "score", "found", "lm68"))
     box_m, _ = _detect(masked, upsample)
     M = similarity_transform(five_from_68(lm68), template(112))
     lm112 = (lm68 @ M[:, :2].T + M[:, 2]).astype(np.float32)

@@ -10,6 +10,9 @@ landmarks, same seed), and scores the pairs of the chosen folds:
   centre; a pair with a missing face scores -inf (a miss, never dropped);
 * oracle rows: the same model on the cache's oracle-aligned crops, same pairs, for comparison.
 
+``--model`` takes any 112-crop ONNX embedder, e.g. dlib's network with no training (export a checkpoint of
+``create_student(pretrained=True)``) to compare the off-the-shelf recogniser in the same pipeline.
+
     python benchmarks/end_to_end.py --lfw ../shared/data/lfw --masks ../shared/data/masks --folds 9-10
 """
 from __future__ import annotations
@@ -64,10 +67,11 @@ def main() -> None:
     emb = runtime_embeddings(rec, sub["path"].tolist(), rows, MaskSynth(a.masks))
     lines = list(TABLE_HEADER)
     oracle = onnx_embedder(a.model)(sub)
-    lines += markdown_rows(evaluate(oracle, sub, pairs, a.out, "G2D, oracle alignment (dlib, unmasked image)"))
+    name = a.model.stem
+    lines += markdown_rows(evaluate(oracle, sub, pairs, a.out, f"{name}, oracle alignment (dlib, unmasked image)"))
     # detection as found by the runtime replaces dlib's in the end-to-end column
     run = dict(sub, found=emb[False][1], found_masked=emb[True][1], box_masked=sub["box"])
-    rep = evaluate(lambda m: l2n(emb[m][0]), run, pairs, a.out, "G2D, FaceRecognizer (MTCNN)")
+    rep = evaluate(lambda m: l2n(emb[m][0]), run, pairs, a.out, f"{name}, FaceRecognizer (MTCNN)")
     lines += markdown_rows(rep)
     d = rep["detection"]
     print(f"runtime detection (MTCNN): unmasked {d['found_unmasked']}/{d['images']}, "

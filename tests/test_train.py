@@ -112,3 +112,15 @@ def test_inpaint_stage_keeps_dlib_layers_on_a_small_rate(tmp_path):
     assert all(rate[id(p)] == 2e-4 for p in enc.dilated.parameters())
     assert all(rate[id(p)] == 3e-3 for p in trainer.decoder.parameters())
     assert len(rate) == sum(1 for _ in enc.parameters()) + sum(1 for _ in trainer.decoder.parameters())
+
+
+def test_alignment_jitter_moves_only_the_masked_input():
+    from maskfr.training.train import MaskedFaces
+    data = _tiny_data()
+    plain = MaskedFaces(data, MaskSynth(None), p_mask=1.0, seed=0, stage=1)
+    jit = dict(p=1.0, rot_deg=5.0, scale=0.06, shift_px=3.0)
+    shaken = MaskedFaces(data, MaskSynth(None), p_mask=1.0, seed=0, stage=1, jitter=jit)
+    a, b, again = plain[3], shaken[3], MaskedFaces(data, MaskSynth(None), 1.0, 0, 1, jitter=jit)[3]
+    assert not torch.equal(a[0], b[0]) and torch.equal(b[0], again[0])  # moved, reproducibly
+    assert torch.equal(a[1], b[1]) and torch.equal(a[3], b[3])  # clean target and teacher embedding untouched
+    assert b[2].sum() > 0  # the occlusion map moved with the face, not lost

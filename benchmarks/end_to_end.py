@@ -25,6 +25,7 @@ import numpy as np
 from maskfr.detector import box_iou
 from maskfr.recognizer import DEFAULT_MODEL, FaceRecognizer
 from maskfr.training import cache as fc
+from maskfr.training.data import LFW
 from maskfr.training.embedders import l2n, onnx_embedder
 from maskfr.training.evaluate import TABLE_HEADER, evaluate, lfw_pairs, markdown_rows
 from maskfr.training.masks import MaskSynth
@@ -60,7 +61,11 @@ def main() -> None:
     pairs = lfw_pairs(a.lfw, list(range(int(lo), int(hi or lo) + 1)))
     need = sorted({p.a for p in pairs} | {p.b for p in pairs})
     with np.load(fc.CACHE_ROOT / "lfw.npz") as z:
-        # the cache was built on every LFW image in path order: its row is the mask seed
+        # a cache built on every LFW image in path order (as `maskfr train` builds it): its row is the mask seed
+        n_lfw = len(LFW(a.lfw).samples())
+        if len(z["path"]) != n_lfw:
+            raise SystemExit(f"the LFW cache holds {len(z['path'])} faces, not all {n_lfw}: its rows are not the "
+                             "mask seeds; build it with `maskfr train` (all of LFW) first")
         rows = np.flatnonzero(np.isin(z["path"], need))
         sub = {k: z[k][rows] for k in ("path", "img112", "img112_masked", "found", "found_masked", "box", "box_masked")}
     rec = FaceRecognizer(a.model, backend="cpu")

@@ -57,3 +57,20 @@ def test_box_iou():
     a = np.array([[0, 0, 10, 10], [0, 0, 10, 10]], np.float32)
     b = np.array([[5, 0, 15, 10], [-1, -1, -1, -1]], np.float32)
     np.testing.assert_allclose(box_iou(a, b), [50 / 150, 0.0])
+
+
+def test_recommended_thresholds_pool_masked_and_unmasked():
+    from maskfr.training.evaluate import recommended_thresholds
+    cache, clean, masked = _fake_cache(n_people=60, per=4)
+    rep = recommended_thresholds(lambda m: masked if m else clean, cache)
+    thr = rep["thresholds"]
+    assert set(thr) == {"far=1e-2", "far=1e-3"} and thr["far=1e-2"] <= thr["far=1e-3"]
+    assert rep["faces"] == 240 and rep["identities"] == 60
+    # every pair among the 480 embeddings: masked and unmasked copies of a face are one identity
+    emb = np.concatenate([clean, masked])
+    lab = np.r_[cache["identity"], cache["identity"]]
+    i, j = np.triu_indices(len(lab), 1)
+    impostor = np.einsum("nd,nd->n", emb[i], emb[j])[lab[i] != lab[j]]
+    assert rep["impostor_pairs"] == len(impostor) and rep["genuine_pairs"] == int((lab[i] == lab[j]).sum())
+    assert (impostor >= thr["far=1e-3"]).mean() <= 1e-3 + 1e-4  # thresholds are rounded to 4 decimals
+    assert (impostor >= thr["far=1e-2"]).mean() <= 1e-2 + 1e-4

@@ -223,3 +223,14 @@ def test_cli_commands_registered():
     assert a.int8 and a.fp16 and a.calib == "c.npz" and a.folds == "1-5"
     assert p.parse_args(["export", "final.pt", "-o", "m.onnx"]).output == "m.onnx"
     assert p.parse_args(["export-triton", "m.onnx", "--repo", "r"]).repo == "r"
+
+
+def test_golden_faces_come_from_the_public_photo():
+    pytest.importorskip("skimage")
+    from maskfr.export.golden import public_faces
+    faces = public_faces(4)
+    assert faces.shape == (4, 112, 112, 3) and faces.dtype == np.uint8
+    assert not np.array_equal(faces[0], faces[1])  # the second crop carries the drawn mask
+    assert np.array_equal(faces, public_faces(4))  # reproducible
+    lower, upper = faces[:, 70:], faces[:, :50]
+    assert np.abs(lower[1].astype(int) - lower[0]).mean() > 5 * np.abs(upper[1].astype(int) - upper[0]).mean()

@@ -1,4 +1,4 @@
-"""G2D on a 2-core CPU (~40 min): short stages, all data, dlib-initialised student."""
+"""G2D on a 2-core CPU (about 10 minutes of training plus the one-off caches): short stages, all data, dlib-initialised student."""
 config = dict(
     name="g2d_cpu",
     seed=0,

@@ -1,4 +1,7 @@
-"""G2D on a 2-core CPU (about 10 minutes of training plus the one-off caches): short stages, all data, dlib-initialised student."""
+"""G2D on a 2-core CPU: short stages, all data, dlib-initialised student.
+
+About 10 minutes of training here, after the one-off aligned-face and teacher caches (about 10 more).
+"""
 config = dict(
     name="g2d_cpu",
     seed=0,

@@ -21,6 +21,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from detection import _centre_dist  # benchmarks/detection.py: the same "face nearest the centre" rule
 
 from maskfr.detector import box_iou
 from maskfr.recognizer import DEFAULT_MODEL, FaceRecognizer
@@ -38,12 +39,13 @@ def runtime_embeddings(rec: FaceRecognizer, paths: list[str], index: np.ndarray,
     out = {m: (np.zeros((len(paths), dim), np.float32), np.zeros(len(paths), bool)) for m in (False, True)}
     for i, (p, idx) in enumerate(tqdm(list(zip(paths, index)), desc="runtime", unit="img")):
         f = fc.masked_frame(p, int(idx), synth)
+        if not f["found"]:  # no dlib reference box: counted as missed
+            continue
         for masked, rgb in ((False, f["img"]), (True, f["masked"])):
             faces = rec.analyze([np.ascontiguousarray(rgb[..., ::-1])])[0]
-            if not faces or not f["found"]:
+            if not faces:
                 continue
-            h, w = rgb.shape[:2]
-            near = min(faces, key=lambda x: float(np.sum(((x.box[:2] + x.box[2:]) / 2 - [w / 2, h / 2]) ** 2)))
+            near = min(faces, key=lambda x: _centre_dist(x.box, rgb.shape))
             if box_iou(f["box"], near.box[None])[0] >= 0.5:
                 out[masked][0][i], out[masked][1][i] = near.embedding, True
     return out

@@ -156,24 +156,28 @@ def onnx_params(path: Path) -> int:
     return sum(int(np.prod(t.dims)) for t in onnx.load(str(path)).graph.initializer)
 
 
-def student_row(name: str, path: Path, sub: LazyRows, pairs, out: Path) -> tuple:
+def crop_embeddings(sess, sub: LazyRows) -> dict[bool, np.ndarray]:
+    """{masked: unit embeddings} of the 112 crops by a student session (input ``input``)."""
+    from maskfr.export.onnx_export import ort_embed
+    return {m: l2n(ort_embed(sess, sub["img112_masked" if m else "img112"])) for m in (False, True)}
+
+
+def student_row(name: str, path: Path, sub: LazyRows, pairs, out: Path, n_params: int | None = None) -> tuple:
     """An exported student (112 crops in, unit embeddings out) under ONNX Runtime."""
     from maskfr.align import to_input
-    from maskfr.export.onnx_export import ort_embed
     sess = ort(path)
-    emb = {m: l2n(ort_embed(sess, sub["img112_masked" if m else "img112"])) for m in (False, True)}
+    emb = crop_embeddings(sess, sub)
     ms = ms_per_face(lambda b: sess.run(None, {"input": b}), to_input(sub["img112_masked"][:32]))
-    return name, evaluate(lambda m: emb[m], sub, pairs, out, name), f"{onnx_params(path) / 1e6:.2f} M", f"{ms:.2f}"
+    n = onnx_params(path) if n_params is None else n_params
+    return name, evaluate(lambda m: emb[m], sub, pairs, out, name), f"{n / 1e6:.2f} M", f"{ms:.2f}"
 
 
 def eum_on_student(path: Path, lfw: Path, margin: float, sub: LazyRows, pairs, out: Path) -> tuple:
     """EUM + SRT trained on a student's embeddings of the training faces, applied to its masked probes."""
-    from maskfr.export.onnx_export import ort_embed
     data = E.training_embeddings(lfw, model=path)
     model = E.EUM()
     E.train_eum(model, data, "srt", margin=margin)
-    sess = ort(path)
-    emb = {m: l2n(ort_embed(sess, sub["img112_masked" if m else "img112"])) for m in (False, True)}
+    emb = crop_embeddings(ort(path), sub)
     n = sum(p.numel() for p in model.parameters())
     return (f"EUM + SRT on {path.stem}", eval_mapped(f"srt-on-{path.stem}", model, sub, pairs, emb, out),
             f"{onnx_params(path) / 1e6:.2f} M + {n / 1e3:.1f} k", "-")
@@ -181,7 +185,6 @@ def eum_on_student(path: Path, lfw: Path, margin: float, sub: LazyRows, pairs, o
 
 def meer_row(ckpt: Path, sub: LazyRows, pairs, out: Path) -> tuple:
     """MEER's deployed part (encoder, occlusion head, reformer) exported to ONNX and run on the 112 crops."""
-    from maskfr.align import to_input
     from maskfr.training.meer import MeerEmbedder, create_meer, parameter_count
     model = create_meer(pretrained=False)
     model.load_state_dict(torch.load(ckpt, map_location="cpu")["model"])
@@ -189,15 +192,7 @@ def meer_row(ckpt: Path, sub: LazyRows, pairs, out: Path) -> tuple:
     path = Path(tempfile.mkdtemp()) / "meer.onnx"
     torch.onnx.export(net, (torch.zeros(2, 3, 112, 112),), str(path), input_names=["input"], output_names=["embedding"],
                       opset_version=17, dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}}, dynamo=False)
-    sess = ort(path)
-
-    def run(imgs: np.ndarray) -> np.ndarray:
-        return l2n(np.concatenate([sess.run(None, {"input": to_input(imgs[i:i + 32])})[0]
-                                   for i in range(0, len(imgs), 32)]))
-    emb = {m: run(sub["img112_masked" if m else "img112"]) for m in (False, True)}
-    ms = ms_per_face(lambda b: sess.run(None, {"input": b}), to_input(sub["img112_masked"][:32]))
-    return ("MEER-style", evaluate(lambda m: emb[m], sub, pairs, out, "meer"),
-            f"{parameter_count(net) / 1e6:.2f} M", f"{ms:.2f}")
+    return student_row("MEER-style", path, sub, pairs, out, parameter_count(net))
 
 
 def ablations(data: E.EmbeddingPairs, sub: LazyRows, pairs, temb: dict, out: Path) -> None:

@@ -29,6 +29,7 @@ from torch import nn
 from maskfr.training.losses import inpaint_loss, instance_kd, relation_kd
 from maskfr.training.models import Decoder, G2DStudent, GenerativeEncoder, Reformer
 from maskfr.training.teacher import DlibResNet
+from maskfr.training.train import warm_up
 
 FEAT_CH, FEAT_SIZE = 32, 35
 
@@ -146,9 +147,8 @@ def train_meer(model: MEER, teacher: DlibResNet, loader, steps: int, center: tor
     decoder) learn at ``lr``. The dlib layers' ``Affine`` are frozen statistics, so train/eval mode only
     matters for the decoder's BatchNorm.
     """
-    dlib_enc = [p for n, p in model.encoder.named_parameters() if not n.startswith("dilated.")]
-    new = [p for n, p in model.named_parameters()
-           if n.startswith(("occ_head.", "decoder.", "encoder.dilated."))]
+    dlib_enc, dilated = model.encoder.dlib_and_new_parameters()
+    new = dilated + list(model.occ_head.parameters()) + list(model.decoder.parameters())
     opt = torch.optim.Adam([{"params": dlib_enc, "lr": lr_encoder},
                             {"params": list(model.reformer.parameters()), "lr": lr_reformer},
                             {"params": new, "lr": lr}])
@@ -158,8 +158,7 @@ def train_meer(model: MEER, teacher: DlibResNet, loader, steps: int, center: tor
     fh = open(log, "a") if log else None
     while len(losses) < steps:
         for batch in loader:
-            for g, b in zip(opt.param_groups, base):
-                g["lr"] = b * min(1.0, (len(losses) + 1) / max(1, warmup_steps))
+            warm_up(opt, base, len(losses), warmup_steps)
             loss, parts = meer_loss(model, teacher, batch, center, weights)
             opt.zero_grad()
             loss.backward()

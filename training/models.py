@@ -72,6 +72,11 @@ class GenerativeEncoder(nn.Module):
         self.register_buffer("in_scale", torch.tensor(127.5 / 256.0))
         self.register_buffer("in_shift", torch.tensor([(127.5 - m) / 256.0 for m in DLIB_MEAN]).view(1, 3, 1, 1))
 
+    def dlib_and_new_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(dlib-initialised layers, the new dilated blocks): trainers give the first a much smaller rate."""
+        new = list(self.dilated.parameters())
+        return [p for n, p in self.named_parameters() if not n.startswith("dilated.")], new
+
     def chip(self, x: torch.Tensor) -> torch.Tensor:
         """The crop in dlib's chip frame, still in [-1, 1] (inpainting targets use this)."""
         return self.resample(x)

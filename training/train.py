@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -65,6 +66,15 @@ def centred(data: TrainSet) -> TrainSet:
     return replace(data, teacher=(t / np.linalg.norm(t, axis=1, keepdims=True)).astype(np.float32), center=center)
 
 
+def warm_up(opt: torch.optim.Optimizer, base_lrs: list[float], step: int, warmup_steps: int) -> None:
+    """Linear warm-up to ``base_lrs`` over ``warmup_steps`` (0-based ``step``).
+
+    Adam's first steps move every weight by about the rate, which wrecks dlib-initialised layers.
+    """
+    for g, lr in zip(opt.param_groups, base_lrs):
+        g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup_steps))
+
+
 def jitter_alignment(img: np.ndarray, occ: np.ndarray, rng: np.random.Generator, rot_deg: float, scale: float,
                      shift_px: float) -> tuple[np.ndarray, np.ndarray]:
     """Re-warp a crop by a small random similarity (Gaussian rotation, scale, shift; same map for ``occ``).
@@ -73,7 +83,6 @@ def jitter_alignment(img: np.ndarray, occ: np.ndarray, rng: np.random.Generator,
     unmasked image the training crops come from (MTCNN: 10-14 % of the eye distance at the eyes,
     ~25 % at the mouth), so the student must also see crops that are slightly off.
     """
-    import cv2
     a = np.deg2rad(rng.normal(0, rot_deg))
     s = 1 + rng.normal(0, scale)
     m = cv2.getRotationMatrix2D((img.shape[1] / 2, img.shape[0] / 2), np.rad2deg(a), s)
@@ -201,9 +210,7 @@ class Trainer:
             # dlib's layers get a small rate (Adam at 2e-4 rewrote them within 90 steps: the reformer
             # then started from features the teacher's later levels could not read); the new dilated
             # blocks and the decoder learn at full rate
-            e = self.student.encoder
-            new = list(e.dilated.parameters())
-            old = [p for n, p in e.named_parameters() if not n.startswith("dilated.")]
+            old, new = self.student.encoder.dlib_and_new_parameters()
             groups = [{"params": old, "lr": s["lr_encoder"]}, {"params": new, "lr": s.get("lr_new", s["lr_encoder"])},
                       {"params": self.decoder.parameters(), "lr": s["lr_decoder"]}]
         elif stage == "reformer":
@@ -263,10 +270,8 @@ class Trainer:
             for step, batch in enumerate(loader):
                 if s.get("max_steps") and step >= s["max_steps"]:
                     break
-                # linear warm-up, a function of (epoch, step) only, so a resumed run follows the same schedule
-                warm = min(1.0, (epoch * per_epoch + step + 1) / max(1, s.get("warmup_steps", 0)))
-                for g, lr in zip(opt.param_groups, base_lrs):
-                    g["lr"] = lr * warm
+                # a function of (epoch, step) only, so a resumed run follows the same schedule
+                warm_up(opt, base_lrs, epoch * per_epoch + step, s.get("warmup_steps", 0))
                 loss, parts = self._loss(stage, batch)
                 opt.zero_grad()
                 loss.backward()
@@ -299,7 +304,6 @@ class Trainer:
 def save_inpaint_grid(student: G2DStudent, decoder: Decoder, masked: np.ndarray, clean: np.ndarray,
                       path: Path) -> None:
     """PNG rows of masked | inpainted | original (all in dlib's chip frame) so a person can judge it."""
-    import cv2
     with torch.inference_mode():
         student.eval()
         decoder.eval()

@@ -74,10 +74,11 @@ def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
 
 
 def _square(boxes: np.ndarray) -> np.ndarray:
-    """Grow each box to a square around its centre (the next net sees square crops)."""
+    """Grow each box to a square around its centre, on whole pixels: the next net sees exactly this
+    crop, so its box and landmark outputs are relative to it."""
     c = (boxes[:, 0:2] + boxes[:, 2:4]) / 2
     half = np.max(boxes[:, 2:4] - boxes[:, 0:2], axis=1, keepdims=True) / 2
-    return np.hstack([c - half, c + half])
+    return np.round(np.hstack([c - half, c + half]))
 
 
 def crop_resize(rgb: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:

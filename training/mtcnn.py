@@ -281,9 +281,9 @@ def prepare(paths: list[str], out_dir: str | Path, masks_root: str | Path, seed:
                 for _, _, lm68 in faces:
                     masked = synth(masked, lm68, rng)[0]
                 crops.append(_samples(masked, faces, occupied, teacher, rng))
-        tmp = dst.with_suffix(".tmp.npz")
         if not crops:
             continue
+        tmp = dst.with_suffix(".tmp.npz")
         np.savez(tmp, **{k: np.concatenate([c[k] for c in crops]) for k in crops[0]})
         tmp.rename(dst)
     return out_dir

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from maskfr.detector import MODELS_DIR  # noqa: E402
+from maskfr.detector import MODELS_DIR, to_net_input  # noqa: E402
 from maskfr.training import mtcnn  # noqa: E402
 
 
@@ -69,7 +69,6 @@ def test_finetune_learns_and_resumes_exactly(tmp_path: Path, monkeypatch: pytest
     data = tmp_path / "data"
     data.mkdir()
     _toy_data(data)
-    from maskfr.detector import to_net_input
     z = np.load(data / "0000000.npz")
     x = torch.from_numpy(to_net_input(z["crop48"]))
     label, reg, lm = (torch.from_numpy(z[k]) for k in ("label", "reg", "lm"))

@@ -47,11 +47,12 @@ def speed(paths: dict[str, Path], faces: np.ndarray, threads: int, reps: int) ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", help="student checkpoint (default: newest runs/*/final.pt, else dlib-initialised)")
+    ap.add_argument("--onnx", help="start from this exported FP32 model instead (e.g. sdk/models/g2d_student.onnx)")
     ap.add_argument("--cache", default=str(CACHE_DIR / "lfw.npz"))
     ap.add_argument("--lfw", required=True, help="LFW root (pairs.txt) for the fold split")
     ap.add_argument("--out", default="benchmarks/out/quantization")
     ap.add_argument("--calib-n", type=int, default=256)
-    ap.add_argument("--method", default="minmax")
+    ap.add_argument("--method", default="percentile")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
@@ -67,15 +68,18 @@ def main() -> None:
     calib = calibration_faces(cache, calib_people, n=a.calib_n)
     held = calibration_faces(cache, held_people, n=a.agree_n, seed=1)
 
-    ckpt = a.ckpt or newest_checkpoint()
-    if ckpt:
-        model, source = ckpt, ckpt
-    else:
-        from maskfr.training.models import create_student
-        model, source = create_student(pretrained=True), "dlib-initialised student (no trained checkpoint yet)"
     t = time.perf_counter()
-    rep = export_onnx(model, out / "model.onnx", faces=held[:32], verbose=False)
-    paths = {"fp32": out / "model.onnx"}
+    if a.onnx:
+        source, paths, rep = a.onnx, {"fp32": Path(a.onnx)}, {"parity": {"min_cosine": None}}
+    else:
+        ckpt = a.ckpt or newest_checkpoint()
+        if ckpt:
+            model, source = ckpt, ckpt
+        else:
+            from maskfr.training.models import create_student
+            model, source = create_student(pretrained=True), "dlib-initialised student (no trained checkpoint yet)"
+        rep = export_onnx(model, out / "model.onnx", faces=held[:32], verbose=False)
+        paths = {"fp32": out / "model.onnx"}
     export_s = time.perf_counter() - t
     paths["fp16"] = to_fp16(paths["fp32"], out / "model.fp16.onnx")
     t = time.perf_counter()

@@ -70,7 +70,7 @@ def main() -> None:
 
     t = time.perf_counter()
     if a.onnx:
-        source, paths, rep = a.onnx, {"fp32": Path(a.onnx)}, {"parity": {"min_cosine": None}}
+        source, paths, parity = a.onnx, {"fp32": Path(a.onnx)}, None  # exported earlier: no torch to compare
     else:
         ckpt = a.ckpt or newest_checkpoint()
         if ckpt:
@@ -78,7 +78,7 @@ def main() -> None:
         else:
             from maskfr.training.models import create_student
             model, source = create_student(pretrained=True), "dlib-initialised student (no trained checkpoint yet)"
-        rep = export_onnx(model, out / "model.onnx", faces=held[:32], verbose=False)
+        parity = export_onnx(model, out / "model.onnx", faces=held[:32], verbose=False)["parity"]["min_cosine"]
         paths = {"fp32": out / "model.onnx"}
     export_s = time.perf_counter() - t
     paths["fp16"] = to_fp16(paths["fp32"], out / "model.fp16.onnx")
@@ -89,7 +89,7 @@ def main() -> None:
     quant_s = (time.perf_counter() - t) / 2
 
     ref = ort_embed(paths["fp32"], held)
-    result = {"model": source, "export_parity_min_cosine": rep["parity"]["min_cosine"],
+    result = {"model": source, "export_parity_min_cosine": parity,
               "export_seconds": round(export_s, 1), "int8_quantize_seconds": round(quant_s, 1),
               "calibration_faces": int(len(calib)), "agreement_faces": int(len(held)),
               "cpu": f"{os.cpu_count()} cores, ORT threads {a.threads}, batch {a.batch}",

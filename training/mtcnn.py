@@ -321,8 +321,8 @@ def _mirror(xb: "np.ndarray", reg: torch.Tensor, lm: torch.Tensor, side: torch.T
     xb = np.where(flip[:, None, None, None], xb[:, :, ::-1], xb)
     reg, lm, f = reg.clone(), lm.clone(), torch.from_numpy(flip)
     reg[f] = torch.stack([-reg[f, 2], reg[f, 1], -reg[f, 0], reg[f, 3]], 1)
-    lx = 1 - lm[f, :5] - 1 / side[f, None]
-    lm[f] = torch.cat([lx[:, [1, 0, 2, 4, 3]], lm[f, 5:][:, [1, 0, 2, 4, 3]]], 1)
+    swap = [1, 0, 2, 4, 3]  # left eye <-> right eye, left mouth corner <-> right
+    lm[f] = torch.cat([(1 - lm[f, :5] - 1 / side[f, None])[:, swap], lm[f, 5:][:, swap]], 1)
     return xb, reg, lm
 
 

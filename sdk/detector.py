@@ -21,6 +21,7 @@ import numpy as np
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 PYRAMID_FACTOR = 0.709  # MTCNN's scale step: each level halves the area
+LNET_INPUT = 64  # the landmark stage's crop side (maskfr.training.lnet)
 
 
 @dataclass
@@ -144,6 +145,8 @@ class FaceDetector:
         self.models_dir = Path(models_dir) if models_dir is not None else MODELS_DIR
         self.threads = threads
         self._sessions: dict = {}
+        # the landmark stage is optional: without it (e.g. facenet-pytorch's nets) O-Net's points are used
+        self.has_landmark_net = (self.models_dir / "mtcnn_lnet.onnx").is_file()
 
     # -- sessions ----------------------------------------------------------------------------
     def _providers(self) -> list[str]:
@@ -228,13 +231,23 @@ class FaceDetector:
         wh = allb[:, 2:4] - allb[:, 0:2]
         pts = np.stack([allb[:, 0:1] + lm[:, :5] * wh[:, 0:1], allb[:, 1:2] + lm[:, 5:] * wh[:, 1:2]], -1)
         final = _regress(allb, reg)
-        out = []
+        kept = []
         for i in range(len(rgbs)):
             sel = np.flatnonzero((idx == i) & (prob >= self.thresholds[2]))
-            sel = sel[nms(final[sel], prob[sel], self.nms_threshold, mode="min")]
-            out.append([Detection(final[k].astype(np.float32), float(prob[k]), pts[k].astype(np.float32))
-                        for k in sel])
-        return out
+            kept.append(sel[nms(final[sel], prob[sel], self.nms_threshold, mode="min")])
+        if self.has_landmark_net and any(len(k) for k in kept):
+            sel = np.concatenate(kept)
+            pts[sel] = self._landmarks([rgbs[i] for i, k in enumerate(kept) for _ in k], final[sel])
+        return [[Detection(final[k].astype(np.float32), float(prob[k]), pts[k].astype(np.float32)) for k in sel]
+                for sel in kept]
+
+    def _landmarks(self, rgbs: list[np.ndarray], boxes: np.ndarray) -> np.ndarray:
+        """LNet's 5 points on the squared final boxes (one frame per box): (N, 5, 2) frame pixels.
+        LNet answers in fractions of the box in edge coordinates, hence the half pixel."""
+        sq = _square(boxes)
+        crops = np.concatenate([crop_resize(rgb, b[None], LNET_INPUT) for rgb, b in zip(rgbs, sq)])
+        f = self._run("lnet", to_net_input(crops))[0].reshape(-1, 2, 5).transpose(0, 2, 1)
+        return sq[:, None, :2] + f * (sq[:, None, 2:] - sq[:, None, :2]) - 0.5
 
     # -- public ------------------------------------------------------------------------------
     def detect(self, frame_bgr: np.ndarray) -> list[Detection]:

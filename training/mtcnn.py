@@ -182,6 +182,9 @@ CACHE = Path.home() / ".cache" / "maskfr" / "mtcnn"
 SIZES = {"pnet": 12, "rnet": 24, "onet": 48}
 POS, PART, NEG = 1, -1, 0
 CHUNK = 100
+# Landmark-stage faces: a square around the box target, FACE_PAD times its side, stored at FACE_SIDE
+# pixels so training can cut jittered, rotated boxes out of it at LNet's input size.
+FACE_SIDE, FACE_PAD = 96, 1.5
 
 
 def _faces(rgb, teacher) -> tuple[list[tuple], "np.ndarray"]:
@@ -246,11 +249,26 @@ def _samples(rgb, faces, occupied, teacher, rng) -> dict:
         reg[i] = (g - boxes[i]) / size[i]
         lm[i] = np.r_[(five[:, 0] - boxes[i, 0]), (five[:, 1] - boxes[i, 1])] / size[i]
     out = {f"crop{s}": crop_resize(rgb, boxes, s) for s in SIZES.values()}
-    return {**out, "label": label.astype(np.int8), "reg": reg, "lm": lm, "side": size[:, 0].astype(np.float32)}
+    return {**out, "label": label.astype(np.int8), "reg": reg, "lm": lm, "side": size[:, 0].astype(np.float32),
+            **_landmark_faces(rgb, gts)}
+
+
+def _landmark_faces(rgb, gts: list[tuple]) -> dict:
+    """Each face's padded square crop (``face``) and its 5 points (``face_lm``) as fractions of the
+    crop in edge coordinates (pixel i spans [i, i+1)), the convention :mod:`maskfr.training.lnet` uses."""
+    import numpy as np
+    from maskfr.detector import crop_resize
+    boxes = np.zeros((len(gts), 4))
+    for k, (g, _) in enumerate(gts):
+        c, half = (g[:2] + g[2:]) / 2, max(g[2] - g[0], g[3] - g[1]) * FACE_PAD / 2
+        boxes[k] = np.round(np.r_[c - half, c + half])
+    five = np.array([f for _, f in gts], np.float32).reshape(-1, 5, 2)
+    lm = (five + 0.5 - boxes[:, None, :2]) / (boxes[:, None, 2:] - boxes[:, None, :2])
+    return {"face": crop_resize(rgb, boxes, FACE_SIDE), "face_lm": lm.astype(np.float32)}
 
 
 def prepare(paths: list[str], out_dir: str | Path, masks_root: str | Path, seed: int = 0,
-            part: int = 0, parts: int = 1, masked_copies: int = 2) -> Path:
+            part: int = 0, parts: int = 1, masked_copies: int = 3) -> Path:
     """Labelled crops from these images, unmasked and ``masked_copies`` times freshly masked, in
     resumable chunks under ``out_dir``; process ``part`` of ``parts`` does every ``parts``-th chunk,
     so several can run at once."""
@@ -386,6 +404,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from maskfr.training.data import LFW, celeba
     ap = argparse.ArgumentParser(description="MTCNN: export the as-shipped nets, fine-tune on synthetic masks")
+    ap.add_argument("--data", default=str(CACHE / "data"), help="prepared crops (written by prepare)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("export-orig", help="facenet-pytorch wheel -> ONNX under ~/.cache/maskfr/mtcnn/orig")
     e.add_argument("wheel")
@@ -396,6 +415,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-lfw", type=int, default=3500)
     p.add_argument("--n-celeba", type=int, default=3500)
     p.add_argument("--part", default="0/1", help="k/K: this process's share of the chunks")
+    p.add_argument("--masked-copies", type=int, default=3)
     f = sub.add_parser("finetune", help="fine-tune, then export to OUT/mtcnn_*.onnx")
     f.add_argument("--nets", default="pnet,rnet,onet")
     f.add_argument("--epochs", default="3,5,4", help="one count, or one per net in --nets")
@@ -411,13 +431,13 @@ def main(argv: list[str] | None = None) -> None:
         paths = [s.path for s in rnd.sample(lfw.samples(people), a.n_lfw)]
         paths += [s.path for s in rnd.sample(celeba(a.celeba), a.n_celeba)]
         k, _, n = a.part.partition("/")
-        prepare(paths, CACHE / "data", a.masks, part=int(k), parts=int(n))
+        prepare(paths, a.data, a.masks, part=int(k), parts=int(n), masked_copies=a.masked_copies)
     else:
         nets = {n: from_onnx(CACHE / "orig" / f"mtcnn_{n}.onnx", n) for n in NETS}
         names = a.nets.split(",")
         epochs = [int(e) for e in a.epochs.split(",")]
         for n, e in zip(names, epochs * len(names) if len(epochs) == 1 else epochs):
-            nets[n] = finetune(CACHE / "data", n, epochs=e)
+            nets[n] = finetune(a.data, n, epochs=e)
         export_all(nets, a.out)
 
 

@@ -1,0 +1,146 @@
+"""The landmark stage (maskfr.training.lnet): geometric jitter keeps points on their pixels, the
+loss on known values, training learns and resumes exactly, ONNX parity, and the detector's
+mapping of LNet's answer back to frame pixels."""
+from __future__ import annotations
+
+import pathlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+from maskfr.detector import MODELS_DIR, FaceDetector, _square  # noqa: E402
+from maskfr.training import lnet  # noqa: E402
+
+from test_detector import public_faces  # noqa: E402
+
+
+def _blobs(lm: torch.Tensor, side: int = 96) -> torch.Tensor:
+    """(N, 5, side, side): channel k holds a small Gaussian blob at point k (fractions, edge coordinates)."""
+    c = torch.arange(side) + 0.5
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    d2 = (xx - lm[..., 0, None, None] * side) ** 2 + (yy - lm[..., 1, None, None] * side) ** 2
+    return 255 * torch.exp(-d2 / (2 * 1.5 ** 2))
+
+
+def _centroids(img: torch.Tensor) -> torch.Tensor:
+    c = torch.arange(img.shape[-1]) + 0.5
+    m = img.sum((2, 3))
+    return torch.stack([(img.sum(2) * c).sum(2) / m, (img.sum(3) * c).sum(2) / m], 2) / img.shape[-1]
+
+
+def test_jitter_moves_points_with_their_pixels() -> None:
+    gen = torch.Generator().manual_seed(0)
+    lm = 0.3 + 0.4 * torch.rand(32, 5, 2, generator=gen)
+    views, pts = lnet.jitter(_blobs(lm), lm, gen)
+    assert views.shape == (32, 5, lnet.INPUT, lnet.INPUT)
+    found = _centroids(views)  # channel k: the blob of original point k
+    plain = (found - pts).norm(dim=2).max(1).values
+    mirrored = (found[:, lnet.SWAP] - pts).norm(dim=2).max(1).values  # new point j came from point SWAP[j]
+    best = torch.minimum(plain, mirrored)
+    assert best.max() < 0.2 / lnet.INPUT  # a fifth of a pixel
+    assert (plain < mirrored).any() and (mirrored < plain).any()  # both kinds were drawn
+    moved = (pts - lm).norm(dim=2).mean()
+    assert moved > 0.01  # and the views really were jittered
+
+
+def test_point_loss_known_values() -> None:
+    target = torch.zeros(2, 5, 2)
+    pred = torch.zeros(2, 10)
+    pred[0, :5] = 0.3   # x off by 0.3 ...
+    pred[0, 5:] = 0.4   # ... and y by 0.4: 0.5 per point
+    assert lnet.point_loss(pred, target).item() == pytest.approx(0.25)  # sample 2 is exact
+
+
+def _toy_faces(n: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Bright squares on noise; the 'points' are the square's corners and centre."""
+    rng = np.random.default_rng(0)
+    side = 96
+    faces = rng.integers(0, 60, (n, side, side, 3), dtype=np.uint8)
+    lm = np.zeros((n, 5, 2), np.float32)
+    for i in range(n):
+        x0, y0 = rng.integers(30, 45, 2)
+        faces[i, y0:y0 + 24, x0:x0 + 24] = 220
+        corners = np.array([[x0, y0], [x0 + 24, y0], [x0 + 12, y0 + 12], [x0, y0 + 24], [x0 + 24, y0 + 24]])
+        lm[i] = corners / side
+    return faces, lm
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_train_learns_and_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    faces, lm = _toy_faces()
+    x = torch.from_numpy(faces).permute(0, 3, 1, 2).float()
+
+    def error(net: lnet.LNet) -> float:
+        views, pts = lnet.jitter(x, torch.from_numpy(lm), torch.Generator().manual_seed(99), rotate=0, scale=0,
+                                 shift=0)
+        with torch.no_grad():
+            return lnet.point_loss(net.eval()((views - 127.5) / 128), pts).item()
+
+    torch.manual_seed(0)
+    before = error(lnet.LNet())
+    straight = lnet.train(faces, lm, epochs=3, batch=16, out_dir=tmp_path / "a")
+    assert error(straight) < 0.7 * before
+    replace = pathlib.Path.replace
+
+    def replace_then_stop(self, target):  # killed right after its first checkpoint ...
+        replace(self, target)
+        raise _Stop
+
+    monkeypatch.setattr(pathlib.Path, "replace", replace_then_stop)
+    with pytest.raises(_Stop):
+        lnet.train(faces, lm, epochs=3, batch=16, out_dir=tmp_path / "b")
+    monkeypatch.setattr(pathlib.Path, "replace", replace)
+    assert torch.load(tmp_path / "b" / "lnet.pt", weights_only=True)["epoch"] == 1
+    resumed = lnet.train(faces, lm, epochs=3, batch=16, out_dir=tmp_path / "b")  # ... and carried on
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_onnx_parity(tmp_path: Path) -> None:
+    import onnxruntime as ort
+    torch.manual_seed(0)
+    net = lnet.LNet().eval()
+    for m in net.modules():  # non-trivial BatchNorm statistics, so folding them is tested
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    path = lnet.export_onnx(net, tmp_path / "lnet.onnx")
+    x = torch.randn(3, 3, lnet.INPUT, lnet.INPUT, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = net(x).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    assert got.shape == (3, 10) and np.abs(got - want).max() < 1e-4
+
+
+def test_detector_maps_lnet_points_to_frame_pixels(tmp_path: Path) -> None:
+    """An LNet that always answers the same fractions puts the points at exactly those fractions of
+    the squared final box (edge coordinates: fraction f of a box from x0 of side s is x0 + f s - 0.5)."""
+    frac = np.array([0.3, 0.7, 0.5, 0.35, 0.65, 0.4, 0.4, 0.55, 0.75, 0.75], np.float32)
+    net = lnet.LNet().eval()
+    with torch.no_grad():
+        net.head[-1].weight.zero_()
+        net.head[-1].bias.copy_(torch.from_numpy(frac - 0.5))
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("pnet", "rnet", "onet"):
+        shutil.copy(MODELS_DIR / f"mtcnn_{name}.onnx", models)
+    without = FaceDetector(backend="cpu", models_dir=models)
+    lnet.export_onnx(net, models / "mtcnn_lnet.onnx")
+    with_lnet = FaceDetector(backend="cpu", models_dir=models)
+    assert with_lnet.has_landmark_net and not without.has_landmark_net
+    frame = public_faces()[0]
+    a, b = without.detect(frame), with_lnet.detect(frame)
+    assert len(a) == len(b) >= 1
+    for d0, d1 in zip(a, b):
+        assert np.array_equal(d0.box, d1.box) and d0.score == d1.score  # only the points change
+        sq = _square(d1.box[None].astype(np.float64))[0]
+        want = sq[:2] + frac.reshape(2, 5).T * (sq[2:] - sq[:2]) - 0.5
+        assert np.allclose(d1.landmarks, want, atol=1e-3)

@@ -1,0 +1,171 @@
+"""LNet: a fourth detector stage that places the 5 points on each detected face at 64x64.
+
+O-Net sees 48x48 and shares its capacity with scoring and box regression; on masked faces its
+nose and mouth points are off by 9-12 % of the eye distance. LNet is a small conv net trained
+only for landmarks, on the same free data as the MTCNN fine-tuning (``mtcnn prepare`` stores
+each face's padded crop and dlib's five points of the unmasked original), with fresh geometric
+jitter, mirroring and colour changes every epoch.
+
+Input: the detector's final box made square (``maskfr.detector._square``), cut out at 64x64,
+MTCNN's ``(x - 127.5) / 128`` NCHW float32. Output ``landmarks`` (N, 10): x1..x5, y1..y5 as
+fractions of the box in edge coordinates (pixel i spans [i, i+1)), ArcFace order.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from maskfr.training.mtcnn import CACHE, FACE_PAD
+
+INPUT = 64
+SWAP = [1, 0, 2, 4, 3]  # mirrored: left eye <-> right eye, left mouth corner <-> right
+
+
+def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class LNet(nn.Module):
+    """Plain conv stack 64 -> 4 pixels, then two linear layers (positions need the spatial map,
+    so no global pooling). ~1.1 M parameters, ~34 M multiply-adds per face."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            _block(3, w, 2), _block(w, 2 * w, 2), _block(2 * w, 2 * w, 1), _block(2 * w, 4 * w, 2),
+            _block(4 * w, 4 * w, 1), _block(4 * w, 8 * w, 2))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * w * 16, 128), nn.ReLU(inplace=True), nn.Linear(128, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)) + 0.5  # fractions around the box centre
+
+
+def jitter(faces: torch.Tensor, lm: torch.Tensor, gen: torch.Generator, rotate: float = 15.0,
+           scale: float = 0.1, shift: float = 0.08) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut INPUT x INPUT views out of stored padded crops with random rotation, scale, shift and
+    mirroring; return them (N, 3, INPUT, INPUT) float in [0, 255] with their (N, 5, 2) points.
+
+    ``faces``: (N, 3, S, S) float, the box target padded by ``FACE_PAD``; ``lm``: (N, 5, 2) fractions
+    of the stored crop. Normalised coordinates (align_corners=False) map output to input by
+    ``n_in = (s / FACE_PAD) R n_out + t``; the points take the inverse map.
+    """
+    n = len(faces)
+    u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=gen)  # noqa: E731
+    a = torch.deg2rad(u(-rotate, rotate))
+    s = torch.exp(u(-scale, scale)) / FACE_PAD
+    # shift is in box sides; the box spans 2 / FACE_PAD normalised units
+    t = torch.stack([u(-shift, shift), u(-shift, shift)], 1) * 2 / FACE_PAD
+    rot = torch.stack([torch.stack([a.cos(), -a.sin()], 1), torch.stack([a.sin(), a.cos()], 1)], 1)  # (N, 2, 2)
+    theta = torch.cat([s[:, None, None] * rot, t[:, :, None]], 2)
+    grid = nn.functional.affine_grid(theta, [n, faces.shape[1], INPUT, INPUT], align_corners=False)
+    out = nn.functional.grid_sample(faces, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    p = torch.einsum("nji,nkj->nki", rot, (2 * lm - 1) - t[:, None]) / s[:, None, None]  # R^T (n_in - t) / s
+    p = (p + 1) / 2
+    flip = torch.rand(n, generator=gen) < 0.5
+    out = torch.where(flip[:, None, None, None], out.flip(3), out)
+    mirrored = torch.stack([1 - p[:, SWAP, 0], p[:, SWAP, 1]], 2)
+    return out, torch.where(flip[:, None, None], mirrored, p)
+
+
+def colour(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Brightness, contrast and sometimes grey (night cameras): (N, 3, H, W) in [0, 255]."""
+    n = len(x)
+    gain = 1 + 0.25 * (2 * torch.rand(n, 1, 1, 1, generator=gen) - 1)
+    bias = 25 * (2 * torch.rand(n, 1, 1, 1, generator=gen) - 1)
+    mean = x.mean((1, 2, 3), keepdim=True)
+    x = (x - mean) * gain + mean + bias
+    grey = torch.rand(n, generator=gen) < 0.1
+    x = torch.where(grey[:, None, None, None], x.mean(1, keepdim=True).expand_as(x), x)
+    return x.clamp(0, 255)
+
+
+def point_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean Euclidean distance of the 5 points, in box sides. pred (N, 10) x's then y's, target (N, 5, 2)."""
+    return (pred.view(-1, 2, 5).transpose(1, 2) - target).norm(dim=2).mean()
+
+
+def load(data_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Every face crop and its points from the prepared chunks (``mtcnn prepare``)."""
+    chunks = sorted(Path(data_dir).glob("[0-9]*.npz"))
+    if not chunks:
+        raise FileNotFoundError(f"no prepared chunks in {data_dir} (run: python -m maskfr.training.mtcnn prepare)")
+    data = [np.load(c) for c in chunks]
+    if "face" not in data[0]:
+        raise KeyError(f"{chunks[0]} has no face crops: prepared by an older version, run prepare again")
+    return np.concatenate([d["face"] for d in data]), np.concatenate([d["face_lm"] for d in data])
+
+
+def train(faces: np.ndarray, lm: np.ndarray, epochs: int = 12, lr: float = 2e-3, batch: int = 128,
+          out_dir: str | Path = CACHE / "lnet", seed: int = 0) -> LNet:
+    """AdamW, learning rate warmed up then cosine-decayed; resumes from the per-epoch checkpoint in ``out_dir``."""
+    torch.manual_seed(seed)
+    net = LNet().to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    steps = math.ceil(len(faces) / batch)
+    n_steps, warm = epochs * steps, max(1, epochs * steps // 20)  # a short warm-up: the first steps overshoot
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: min(1.0, (k + 1) / warm) * 0.5 * (1 + math.cos(math.pi * k / n_steps)))
+    ckpt = Path(out_dir) / "lnet.pt"
+    start = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start = state["epoch"]
+    lm_t = torch.from_numpy(lm)
+    for epoch in range(start, epochs):
+        net.train()
+        gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+        perm = torch.randperm(len(faces), generator=gen).numpy()
+        total = 0.0
+        for b in range(0, len(perm), batch):
+            idx = perm[b:b + batch]
+            x = torch.from_numpy(faces[idx]).permute(0, 3, 1, 2).float()
+            x, target = jitter(x, lm_t[idx], gen)
+            x = ((colour(x, gen) - 127.5) / 128).contiguous(memory_format=torch.channels_last)
+            loss = point_loss(net(x), target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+        print(f"lnet epoch {epoch + 1}/{epochs}: point error {total / len(perm):.4f} box sides "
+              f"({len(perm)} faces)", flush=True)
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "epoch": epoch + 1}, tmp)
+        tmp.replace(ckpt)
+    return net.eval()
+
+
+def export_onnx(net: LNet, path: str | Path) -> Path:
+    """Opset 17, dynamic batch, ``input`` -> ``landmarks`` (BatchNorm folded by the exporter)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(net.eval(), (torch.zeros(2, 3, INPUT, INPUT),), str(path), opset_version=17, dynamo=False,
+                      input_names=["input"], output_names=["landmarks"],
+                      dynamic_axes={"input": {0: "batch"}, "landmarks": {0: "batch"}})
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    ap = argparse.ArgumentParser(description="Train the landmark stage on prepared MTCNN data, export to ONNX")
+    ap.add_argument("--data", default=str(CACHE / "data"))
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--ckpt-dir", default=str(CACHE / "lnet"))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "sdk" / "models" / "mtcnn_lnet.onnx"))
+    a = ap.parse_args(argv)
+    faces, lm = load(a.data)
+    export_onnx(train(faces, lm, epochs=a.epochs, out_dir=a.ckpt_dir), a.out)
+
+
+if __name__ == "__main__":
+    main()

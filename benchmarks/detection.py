@@ -31,11 +31,11 @@ from maskfr.detector import MODELS_DIR, FaceDetector, box_iou
 CACHE = Path.home() / ".cache" / "maskfr"
 
 
-def sample_paths(lfw_root: str, n: int, seed: int, folds: list[int]) -> list[str]:
+def sample_paths(lfw_root: str, n: int, seed: int, folds: list[int], exclude: set[str] = frozenset()) -> list[str]:
     from maskfr.training.data import LFW
     lfw = LFW(lfw_root)
     people = [p for f in folds for p in lfw.people_folds()[f - 1]]
-    paths = [s.path for s in lfw.samples(sorted(set(people)))]
+    paths = [s.path for s in lfw.samples(sorted(set(people))) if s.path not in exclude]
     rng = np.random.default_rng(seed)
     return [paths[i] for i in sorted(rng.choice(len(paths), min(n, len(paths)), replace=False))]
 
@@ -77,18 +77,17 @@ def _centre_dist(box: np.ndarray, shape: tuple) -> float:
     return float(np.sum((c - [shape[1] / 2, shape[0] / 2]) ** 2))
 
 
-def score_image(faces: list[tuple], ref: dict, shape: tuple) -> tuple[bool, float, int]:
-    """(found, 5-point error / inter-ocular distance, unmatched detections) for one image."""
+def score_image(faces: list[tuple], ref: dict, shape: tuple) -> tuple[bool, np.ndarray, int]:
+    """(found, each point's error / inter-ocular distance, unmatched detections) for one image."""
     if not faces:
-        return False, np.nan, 0
+        return False, np.full(5, np.nan), 0
     k = int(np.argmin([_centre_dist(f[0], shape) for f in faces]))
     ious = box_iou(ref["box"], np.array([f[0] for f in faces]))
     unmatched = int(np.sum(ious < 0.5))
     if ious[k] < 0.5:
-        return False, np.nan, unmatched
+        return False, np.full(5, np.nan), unmatched
     iod = np.linalg.norm(ref["five"][1] - ref["five"][0])
-    err = float(np.mean(np.linalg.norm(faces[k][1] - ref["five"], axis=1)) / iod)
-    return True, err, unmatched
+    return True, np.linalg.norm(faces[k][1] - ref["five"], axis=1) / iod, unmatched
 
 
 def make_detectors(mtcnn_dirs: dict[str, Path], thresholds: list[str] = ()) -> dict:
@@ -118,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--thresholds", action="append", default=[], metavar="P/R/O",
                     help="also run the package nets with these stage thresholds (repeatable), e.g. 0.6/0.5/0.5")
     ap.add_argument("--timing-frames", type=int, default=20)
+    ap.add_argument("--heldout", metavar="CELEBA", help="leave out the images `mtcnn prepare` trains on "
+                    "(pass the CelebA root it used), for choosing settings on folds 1-5 people")
     args = ap.parse_args(argv)
     from maskfr.training.masks import MaskSynth
 
@@ -131,7 +132,11 @@ def main(argv: list[str] | None = None) -> None:
         dirs["MTCNN maskfr (package nets)"] = MODELS_DIR
     detectors = make_detectors({k: Path(v) for k, v in dirs.items()}, args.thresholds)
 
-    paths = sample_paths(args.lfw, args.n, args.seed, folds)
+    exclude = set()
+    if args.heldout:
+        from maskfr.training.mtcnn import training_paths
+        exclude = set(training_paths(args.lfw, args.heldout))
+    paths = sample_paths(args.lfw, args.n, args.seed, folds, exclude)
     refs = references(paths)
     synth = MaskSynth(args.masks)
     stats = {k: {c: {"found": [], "err": [], "unmatched": 0} for c in ("unmasked", "masked")} for k in detectors}
@@ -171,6 +176,11 @@ def main(argv: list[str] | None = None) -> None:
               f"| {100 * np.mean(u['err']):.2f}% | {100 * np.mean(m['err']):.2f}% "
               f"| {100 * u['unmatched'] / n_ref:.1f} / {100 * m['unmatched'] / n_ref:.1f} "
               f"| {np.median(times[name]):.0f} |")
+    print("\n5-pt error per point, % of the eye distance (left eye / right eye / nose / left mouth / right mouth)\n")
+    print("| detector | unmasked | masked |\n|---|---|---|")
+    for name in detectors:
+        per = [" / ".join(f"{100 * e:.1f}" for e in np.mean(stats[name][c]["err"], 0)) for c in ("unmasked", "masked")]
+        print(f"| {name} | {per[0]} | {per[1]} |")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
-from maskfr.detector import MODELS_DIR, FaceDetector, _square  # noqa: E402
+from maskfr.detector import MIRROR, MODELS_DIR, FaceDetector, _square  # noqa: E402
 from maskfr.training import lnet  # noqa: E402
 
 from test_detector import public_faces  # noqa: E402
@@ -40,7 +40,7 @@ def test_jitter_moves_points_with_their_pixels() -> None:
     assert views.shape == (32, 5, lnet.INPUT, lnet.INPUT)
     found = _centroids(views)  # channel k: the blob of original point k
     plain = (found - pts).norm(dim=2).max(1).values
-    mirrored = (found[:, lnet.SWAP] - pts).norm(dim=2).max(1).values  # new point j came from point SWAP[j]
+    mirrored = (found[:, MIRROR] - pts).norm(dim=2).max(1).values  # new point j came from point MIRROR[j]
     best = torch.minimum(plain, mirrored)
     assert best.max() < 0.2 / lnet.INPUT  # a fifth of a pixel
     assert (plain < mirrored).any() and (mirrored < plain).any()  # both kinds were drawn
@@ -121,9 +121,10 @@ def test_onnx_parity(tmp_path: Path) -> None:
 
 
 def test_detector_maps_lnet_points_to_frame_pixels(tmp_path: Path) -> None:
-    """An LNet that always answers the same fractions puts the points at exactly those fractions of
-    the squared final box (edge coordinates: fraction f of a box from x0 of side s is x0 + f s - 0.5)."""
-    frac = np.array([0.3, 0.7, 0.5, 0.35, 0.65, 0.4, 0.4, 0.55, 0.75, 0.75], np.float32)
+    """An LNet that always answers the same fractions: the detector averages them with their mirror
+    image (the answer on the mirrored crop, mapped back) and places the result on the squared final
+    box (edge coordinates: fraction f of a box from x0 of side s is x0 + f s - 0.5)."""
+    frac = np.array([0.32, 0.7, 0.52, 0.35, 0.66, 0.4, 0.42, 0.55, 0.75, 0.77], np.float32)
     net = lnet.LNet().eval()
     with torch.no_grad():
         net.head[-1].weight.zero_()
@@ -142,5 +143,7 @@ def test_detector_maps_lnet_points_to_frame_pixels(tmp_path: Path) -> None:
     for d0, d1 in zip(a, b):
         assert np.array_equal(d0.box, d1.box) and d0.score == d1.score  # only the points change
         sq = _square(d1.box[None].astype(np.float64))[0]
-        want = sq[:2] + frac.reshape(2, 5).T * (sq[2:] - sq[:2]) - 0.5
+        f = frac.reshape(2, 5).T
+        f = (f + np.stack([1 - f[MIRROR, 0], f[MIRROR, 1]], 1)) / 2
+        want = sq[:2] + f * (sq[2:] - sq[:2]) - 0.5
         assert np.allclose(d1.landmarks, want, atol=1e-3)

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from maskfr.detector import LNET_INPUT as INPUT
+from maskfr.detector import MIRROR
 from maskfr.training.mtcnn import CACHE, FACE_PAD
 
-INPUT = 64
-SWAP = [1, 0, 2, 4, 3]  # mirrored: left eye <-> right eye, left mouth corner <-> right
 
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -68,7 +68,7 @@ def jitter(faces: torch.Tensor, lm: torch.Tensor, gen: torch.Generator, rotate: 
     p = (p + 1) / 2
     flip = torch.rand(n, generator=gen) < 0.5
     out = torch.where(flip[:, None, None, None], out.flip(3), out)
-    mirrored = torch.stack([1 - p[:, SWAP, 0], p[:, SWAP, 1]], 2)
+    mirrored = torch.stack([1 - p[:, MIRROR, 0], p[:, MIRROR, 1]], 2)
     return out, torch.where(flip[:, None, None], mirrored, p)
 
 

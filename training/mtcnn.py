@@ -398,11 +398,21 @@ def finetune(data_dir: str | Path, name: str, epochs: int = 3, lr: float = 5e-4,
     return net.eval()
 
 
-def main(argv: list[str] | None = None) -> None:
-    import argparse
+def training_paths(lfw_root: str, celeba_root: str, n_lfw: int = 3500, n_celeba: int = 3500) -> list[str]:
+    """The images ``prepare`` uses: a fixed sample of LFW folds 1-5 people (folds 6-10 stay unseen)
+    and of the CelebA subset."""
     import random
 
     from maskfr.training.data import LFW, celeba
+    lfw = LFW(lfw_root)
+    people = [p for fold in lfw.people_folds()[:5] for p in fold]
+    rnd = random.Random(0)
+    paths = [s.path for s in rnd.sample(lfw.samples(people), n_lfw)]
+    return paths + [s.path for s in rnd.sample(celeba(celeba_root), n_celeba)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
     ap = argparse.ArgumentParser(description="MTCNN: export the as-shipped nets, fine-tune on synthetic masks")
     ap.add_argument("--data", default=str(CACHE / "data"), help="prepared crops (written by prepare)")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -420,24 +430,23 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--nets", default="pnet,rnet,onet")
     f.add_argument("--epochs", default="3,5,4", help="one count, or one per net in --nets")
     f.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "sdk" / "models"))
+    f.add_argument("--init", default=str(CACHE / "orig"), help="nets to start from (and to export unchanged "
+                   "when not in --nets)")
+    f.add_argument("--ckpt-dir", default=str(CACHE / "finetune"), help="per-epoch checkpoints (resumed)")
     a = ap.parse_args(argv)
     if a.cmd == "export-orig":
         ws = weights_from_wheel(a.wheel)
         export_all({n: build(n, ws[n]) for n in NETS}, CACHE / "orig")
     elif a.cmd == "prepare":
-        lfw = LFW(a.lfw)
-        people = [p for fold in lfw.people_folds()[:5] for p in fold]  # folds 6-10 stay unseen
-        rnd = random.Random(0)
-        paths = [s.path for s in rnd.sample(lfw.samples(people), a.n_lfw)]
-        paths += [s.path for s in rnd.sample(celeba(a.celeba), a.n_celeba)]
         k, _, n = a.part.partition("/")
-        prepare(paths, a.data, a.masks, part=int(k), parts=int(n), masked_copies=a.masked_copies)
+        prepare(training_paths(a.lfw, a.celeba, a.n_lfw, a.n_celeba), a.data, a.masks, part=int(k), parts=int(n),
+                masked_copies=a.masked_copies)
     else:
-        nets = {n: from_onnx(CACHE / "orig" / f"mtcnn_{n}.onnx", n) for n in NETS}
+        nets = {n: from_onnx(Path(a.init) / f"mtcnn_{n}.onnx", n) for n in NETS}
         names = a.nets.split(",")
         epochs = [int(e) for e in a.epochs.split(",")]
         for n, e in zip(names, epochs * len(names) if len(epochs) == 1 else epochs):
-            nets[n] = finetune(a.data, n, epochs=e)
+            nets[n] = finetune(a.data, n, epochs=e, out_dir=a.ckpt_dir, init_dir=a.init)
         export_all(nets, a.out)
 
 

@@ -90,10 +90,10 @@ def score_image(faces: list[tuple], ref: dict, shape: tuple) -> tuple[bool, np.n
     return True, np.linalg.norm(faces[k][1] - ref["five"], axis=1) / iod, unmatched
 
 
-def make_detectors(mtcnn_dirs: dict[str, Path], thresholds: list[str] = ()) -> dict:
-    """dlib HOG, each MTCNN folder at the detector's default thresholds, and the package nets at each
-    ``P/R/O`` threshold triple of ``thresholds`` (e.g. ``0.6/0.5/0.5``)."""
-    out = {"dlib HOG (upsample 1)": lambda bgr: dlib_faces(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))}
+def make_detectors(mtcnn_dirs: dict[str, Path], thresholds: list[str] = (), hog: bool = True) -> dict:
+    """dlib HOG (unless ``hog`` is False), each MTCNN folder at the detector's default thresholds, and
+    the package nets at each ``P/R/O`` threshold triple of ``thresholds`` (e.g. ``0.6/0.5/0.5``)."""
+    out = {"dlib HOG (upsample 1)": lambda bgr: dlib_faces(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))} if hog else {}
     dets = {label: FaceDetector(models_dir=d, backend="cpu") for label, d in mtcnn_dirs.items()}
     for t in thresholds:
         p, r, o = (float(v) for v in t.split("/"))
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--thresholds", action="append", default=[], metavar="P/R/O",
                     help="also run the package nets with these stage thresholds (repeatable), e.g. 0.6/0.5/0.5")
     ap.add_argument("--timing-frames", type=int, default=20)
+    ap.add_argument("--no-hog", action="store_true", help="leave out dlib's HOG detector (the slowest row)")
     ap.add_argument("--heldout", metavar="CELEBA", help="leave out the images `mtcnn prepare` trains on "
                     "(pass the CelebA root it used), for choosing settings on folds 1-5 people")
     args = ap.parse_args(argv)
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         if (orig / "mtcnn_onet.onnx").exists():
             dirs["MTCNN as shipped (facenet-pytorch)"] = orig
         dirs["MTCNN maskfr (package nets)"] = MODELS_DIR
-    detectors = make_detectors({k: Path(v) for k, v in dirs.items()}, args.thresholds)
+    detectors = make_detectors({k: Path(v) for k, v in dirs.items()}, args.thresholds, hog=not args.no_hog)
 
     exclude = set()
     if args.heldout:

@@ -24,7 +24,6 @@ from maskfr.detector import MIRROR
 from maskfr.training.mtcnn import CACHE, FACE_PAD
 
 
-
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 

@@ -99,7 +99,7 @@ def load(data_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([d["face"] for d in data]), np.concatenate([d["face_lm"] for d in data])
 
 
-def train(faces: np.ndarray, lm: np.ndarray, epochs: int = 12, lr: float = 2e-3, batch: int = 128,
+def train(faces: np.ndarray, lm: np.ndarray, epochs: int = 30, lr: float = 2e-3, batch: int = 128,
           out_dir: str | Path = CACHE / "lnet", seed: int = 0) -> LNet:
     """AdamW, learning rate warmed up then cosine-decayed; resumes from the per-epoch checkpoint in ``out_dir``."""
     torch.manual_seed(seed)
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     ap = argparse.ArgumentParser(description="Train the landmark stage on prepared MTCNN data, export to ONNX")
     ap.add_argument("--data", default=str(CACHE / "data"))
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--ckpt-dir", default=str(CACHE / "lnet"))
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "sdk" / "models" / "mtcnn_lnet.onnx"))
     a = ap.parse_args(argv)

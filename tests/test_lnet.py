@@ -48,6 +48,23 @@ def test_jitter_moves_points_with_their_pixels() -> None:
     assert moved > 0.01  # and the views really were jittered
 
 
+def test_prepared_face_points_sit_on_their_pixels() -> None:
+    """``mtcnn prepare``'s face crops: a bright pixel at each of the 5 points (frame pixel centres) is
+    found at ``face_lm`` (edge coordinates of the crop), so no half-pixel bias enters training."""
+    from maskfr.training.mtcnn import FACE_SIDE, _landmark_faces
+    five = np.array([[80, 84], [104, 83], [92, 98], [82, 110], [103, 111]], np.float32)
+    box = np.array([60.0, 62.0, 124.0, 122.0])  # 64 wide: the crop is 96 frame pixels, one per crop pixel
+    centroids = []
+    for x, y in five:
+        rgb = np.zeros((200, 200, 3), np.uint8)
+        rgb[int(y), int(x)] = 255
+        face = _landmark_faces(rgb, [(box, five)])["face"][0, :, :, 0].astype(np.float64)
+        c = np.arange(FACE_SIDE) + 0.5
+        centroids.append([(face.sum(0) * c).sum() / face.sum(), (face.sum(1) * c).sum() / face.sum()])
+    lm = _landmark_faces(np.zeros((200, 200, 3), np.uint8), [(box, five)])["face_lm"][0]
+    assert np.abs(np.array(centroids) / FACE_SIDE - lm).max() < 0.01 / FACE_SIDE
+
+
 def test_point_loss_known_values() -> None:
     target = torch.zeros(2, 5, 2)
     pred = torch.zeros(2, 10)

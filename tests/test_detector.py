@@ -174,7 +174,7 @@ def test_masked_public_faces(detector: FaceDetector) -> None:
     pytest.importorskip("face_recognition_models")
     cases = [c for i, img in enumerate(public_faces() * 2) if (c := _masked(img[..., ::-1].copy(), None, i))]
     rate, err = _rate(detector, cases)
-    assert rate >= 0.9 and err < 0.2, (rate, err)  # packaged nets: 100%, 0.10 (as shipped by facenet-pytorch: 0.22)
+    assert rate >= 0.9 and err < 0.12, (rate, err)  # packaged: 100%, 0.07 (O-Net's points 0.10; as shipped 0.22)
 
 
 @pytest.mark.data
@@ -194,4 +194,4 @@ def test_masked_lfw_detection_floor(detector: FaceDetector, shared_data: Path) -
             cases.append(c)
     rate, err = _rate(detector, cases)
     assert len(cases) >= 25
-    assert rate >= 0.9 and err < 0.15, (rate, err)  # packaged nets: 100%, 0.09 (on 500 images: 98.4%, 0.08)
+    assert rate >= 0.9 and err < 0.1, (rate, err)  # packaged: 100%, 0.06 (O-Net's points 0.09; 500 images: 98.4%, 0.06)

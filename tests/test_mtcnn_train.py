@@ -81,16 +81,16 @@ def test_finetune_learns_and_resumes_exactly(tmp_path: Path, monkeypatch: pytest
     kw = dict(name="onet", lr=1e-3, batch=32, init_dir=MODELS_DIR)
     straight = mtcnn.finetune(data, epochs=3, out_dir=tmp_path / "a", **kw)
     assert loss(straight) < before
-    save = torch.save
+    replace = Path.replace
 
-    def save_then_stop(*args, **kwargs) -> None:  # killed right after its first checkpoint ...
-        save(*args, **kwargs)
+    def replace_then_stop(self, target):  # killed right after its first checkpoint lands ...
+        replace(self, target)
         raise _Stop
 
-    monkeypatch.setattr(torch, "save", save_then_stop)
+    monkeypatch.setattr(Path, "replace", replace_then_stop)
     with pytest.raises(_Stop):
         mtcnn.finetune(data, epochs=3, out_dir=tmp_path / "b", **kw)
-    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(Path, "replace", replace)
     resumed = mtcnn.finetune(data, epochs=3, out_dir=tmp_path / "b", **kw)  # ... and carried on
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k

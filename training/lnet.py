@@ -21,7 +21,7 @@ from torch import nn
 
 from maskfr.detector import LNET_INPUT as INPUT
 from maskfr.detector import MIRROR
-from maskfr.training.mtcnn import CACHE, FACE_PAD
+from maskfr.training.mtcnn import CACHE, FACE_PAD, resume, save_checkpoint
 
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -110,15 +110,8 @@ def train(faces: np.ndarray, lm: np.ndarray, epochs: int = 30, lr: float = 2e-3,
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: min(1.0, (k + 1) / warm) * 0.5 * (1 + math.cos(math.pi * k / n_steps)))
     ckpt = Path(out_dir) / "lnet.pt"
-    start = 0
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
-        net.load_state_dict(state["net"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        start = state["epoch"]
     lm_t = torch.from_numpy(lm)
-    for epoch in range(start, epochs):
+    for epoch in range(resume(ckpt, net, opt, sched), epochs):
         net.train()
         gen = torch.Generator().manual_seed(seed * 1000 + epoch)
         perm = torch.randperm(len(faces), generator=gen).numpy()
@@ -136,11 +129,7 @@ def train(faces: np.ndarray, lm: np.ndarray, epochs: int = 30, lr: float = 2e-3,
             total += float(loss.detach()) * len(idx)
         print(f"lnet epoch {epoch + 1}/{epochs}: point error {total / len(perm):.4f} box sides "
               f"({len(perm)} faces)", flush=True)
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt.with_suffix(".tmp")
-        torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "epoch": epoch + 1}, tmp)
-        tmp.replace(ckpt)
+        save_checkpoint(ckpt, net, opt, sched, epoch + 1)
     return net.eval()
 
 

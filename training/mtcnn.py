@@ -366,14 +366,7 @@ def finetune(data_dir: str | Path, name: str, epochs: int = 3, lr: float = 5e-4,
     steps = math.ceil(len(x) / batch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / (epochs * steps))))
     ckpt = Path(out_dir) / f"{name}.pt"
-    start = 0
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
-        net.load_state_dict(state["net"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        start = state["epoch"]
-    for epoch in range(start, epochs):
+    for epoch in range(resume(ckpt, net, opt, sched), epochs):
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch)).numpy()
         totals: dict[str, float] = {}
         for b in range(0, len(perm), batch):
@@ -392,10 +385,27 @@ def finetune(data_dir: str | Path, name: str, epochs: int = 3, lr: float = 5e-4,
                 totals[k] = totals.get(k, 0.0) + float(v.detach()) * len(idx)
         parts = ", ".join(f"{k} {v / len(perm):.4f}" for k, v in totals.items())
         print(f"{name} epoch {epoch + 1}/{epochs}: {parts} ({len(perm)} crops)", flush=True)
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "epoch": epoch + 1}, ckpt)
+        save_checkpoint(ckpt, net, opt, sched, epoch + 1)
     return net.eval()
+
+
+def resume(ckpt: Path, net: nn.Module, opt: torch.optim.Optimizer, sched) -> int:
+    """Load a per-epoch checkpoint written by :func:`save_checkpoint` if there is one; the epoch to start at."""
+    if not ckpt.exists():
+        return 0
+    state = torch.load(ckpt, weights_only=True)
+    net.load_state_dict(state["net"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    return state["epoch"]
+
+
+def save_checkpoint(ckpt: Path, net: nn.Module, opt: torch.optim.Optimizer, sched, epoch: int) -> None:
+    """Net, optimiser and schedule after ``epoch`` epochs, written then renamed (a crash keeps the last one)."""
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt.with_suffix(".tmp")
+    torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch}, tmp)
+    tmp.replace(ckpt)
 
 
 def training_paths(lfw_root: str, celeba_root: str, n_lfw: int = 3500, n_celeba: int = 3500) -> list[str]:

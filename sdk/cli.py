@@ -26,7 +26,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from maskfr.training import cache as fc
     from maskfr.training.data import LFW
     from maskfr.training.embedders import dlib_embedder, dlib_port_embedder, onnx_embedder
-    from maskfr.training.evaluate import TABLE_HEADER, evaluate, lfw_pairs, markdown_rows
+    from maskfr.training.evaluate import TABLE_HEADER, compare, comparison_rows, evaluate, lfw_pairs, markdown_rows
     pairs = lfw_pairs(a.lfw, _folds(a.folds))
     cache_path = Path(a.cache) if a.cache else fc.CACHE_ROOT / "lfw.npz"
     need = sorted({p.a for p in pairs} | {p.b for p in pairs})
@@ -37,9 +37,17 @@ def cmd_eval(a: argparse.Namespace) -> int:
     cache = fc.load(cache_path)
     rows = np.flatnonzero(np.isin(cache["path"], need))
     sub = {k: v[rows] for k, v in cache.items()}
-    make = {"dlib": dlib_embedder, "dlib-port": dlib_port_embedder}.get(a.model) or onnx_embedder(a.model)
+
+    def embeddings(model: str) -> dict:
+        embed = ({"dlib": dlib_embedder, "dlib-port": dlib_port_embedder}.get(model) or onnx_embedder(model))(sub)
+        return {masked: embed(masked) for masked in (False, True)}
+
+    emb = embeddings(a.model)
     name = a.name or Path(a.model).stem
-    report = evaluate(make(sub), sub, pairs, a.out, name)
+    report = evaluate(emb.__getitem__, sub, pairs, a.out, name)
+    if a.baseline:
+        report["baseline"] = a.baseline
+        report["vs_baseline"] = compare(emb, embeddings(a.baseline), sub, pairs)
     if a.json:
         print(json.dumps(report))
     else:
@@ -47,6 +55,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
         print(f"detection (dlib HOG): unmasked {d['found_unmasked']}/{d['images']} ({100 * d['rate_unmasked']:.1f} %),"
               f" masked {d['found_masked']}/{d['found_unmasked']} ({100 * d['rate_masked']:.1f} %)")
         print("\n".join(TABLE_HEADER + markdown_rows(report)))
+        if a.baseline:
+            print(f"\nA = {name}, B = {a.baseline}, same pairs, thresholds cross-validated per model\n")
+            print("\n".join(comparison_rows(report["vs_baseline"])))
     return 0
 
 
@@ -95,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--folds", default="1-10", help="pairs.txt folds to evaluate, e.g. 6-10")
     e.add_argument("--cache", help="aligned-face cache (.npz); default ~/.cache/maskfr/lfw.npz")
     e.add_argument("--out", default="eval_out", help="folder for the JSON report and ROC plot")
+    e.add_argument("--baseline", help="a second model (same choices as --model) to compare with on the same "
+                   "pairs: accuracy difference per fold and McNemar's exact test on the pairs they decide differently")
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_eval)
     h = sub.add_parser("thresholds", help="recommended similarity thresholds (FAR 1e-2, 1e-3) of an ONNX model, "

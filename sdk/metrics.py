@@ -6,6 +6,8 @@ detection failures cost accuracy on matched pairs instead of vanishing.
 """
 from __future__ import annotations
 
+from math import comb
+
 import numpy as np
 
 
@@ -31,17 +33,47 @@ def best_threshold(scores: np.ndarray, same: np.ndarray) -> tuple[float, float]:
     return float(cands[k]), float(acc[k])
 
 
-def kfold_accuracy(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> dict:
-    """LFW protocol: threshold chosen on the other folds, accuracy measured on the held-out fold."""
+def kfold_correct(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    """LFW protocol per pair: whether each pair is decided right with the threshold chosen on the other
+    folds; returns (correct per pair, threshold per fold in ``np.unique(folds)`` order)."""
     scores, same, folds = np.asarray(scores, np.float64), np.asarray(same, bool), np.asarray(folds)
-    accs, thrs = [], []
+    correct, thrs = np.zeros(len(scores), bool), []
     for f in np.unique(folds):
         test = folds == f
         t, _ = best_threshold(scores[~test], same[~test])
-        accs.append(float(((scores[test] >= t) == same[test]).mean()))
+        correct[test] = (scores[test] >= t) == same[test]
         thrs.append(t)
+    return correct, thrs
+
+
+def kfold_accuracy(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> dict:
+    """LFW protocol: threshold chosen on the other folds, accuracy measured on the held-out fold."""
+    folds = np.asarray(folds)
+    correct, thrs = kfold_correct(scores, same, folds)
+    accs = [float(correct[folds == f].mean()) for f in np.unique(folds)]
     return {"accuracy": float(np.mean(accs)), "std": float(np.std(accs)), "fold_accuracies": accs,
             "thresholds": thrs}
+
+
+def paired_comparison(scores_a: np.ndarray, scores_b: np.ndarray, same: np.ndarray, folds: np.ndarray) -> dict:
+    """Model A against model B on the *same* pairs, each with its own cross-validated thresholds.
+
+    The fold-to-fold spread of one model's accuracy (the ``std`` of :func:`kfold_accuracy`) mostly
+    measures how hard each fold's pairs are, which both models share; whether A beats B is read from
+    the pairs they decide differently. McNemar's exact test: under "equally good", each of the n
+    discordant pairs is A's with probability 1/2, so p = P(|Bin(n, 1/2) - n/2| >= |a_only - n/2|).
+    """
+    folds = np.asarray(folds)
+    ca, _ = kfold_correct(scores_a, same, folds)
+    cb, _ = kfold_correct(scores_b, same, folds)
+    diffs = np.array([ca[folds == f].mean() - cb[folds == f].mean() for f in np.unique(folds)])
+    a_only, b_only = int(np.sum(ca & ~cb)), int(np.sum(~ca & cb))
+    n, k = a_only + b_only, min(a_only, b_only)
+    # exact two-sided binomial tail, in integers (n is at most the number of pairs)
+    p = min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    return {"difference": float(diffs.mean()), "fold_differences": diffs.tolist(),
+            "folds_a_better": int(np.sum(diffs > 0)), "folds_b_better": int(np.sum(diffs < 0)),
+            "a_only_correct": a_only, "b_only_correct": b_only, "mcnemar_p": float(p)}
 
 
 def roc(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

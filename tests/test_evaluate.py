@@ -3,7 +3,7 @@ import json
 import numpy as np
 
 from maskfr.training.data import Pair
-from maskfr.training.evaluate import box_iou, evaluate
+from maskfr.training.evaluate import box_iou, compare, comparison_rows, evaluate
 
 
 def _fake_cache(n_people=20, per=3, seed=0):
@@ -51,6 +51,22 @@ def test_evaluate_reports_every_setting(tmp_path):
     assert rep["detection"]["rate_unmasked"] == 1.0 and 0.7 < rep["detection"]["rate_masked"] < 0.8
     assert json.loads((tmp_path / "fake.json").read_text())["pairs"] == len(pairs)
     assert (tmp_path / "fake_roc.png").stat().st_size > 1000
+
+
+def test_compare_finds_the_better_model_on_masked_pairs():
+    cache, clean, masked = _fake_cache()
+    pairs = _pairs(cache)
+    # B: masked faces much noisier than A's, unmasked faces identical -> only masked settings differ
+    rng = np.random.default_rng(5)
+    worse = masked + 2.0 * rng.normal(size=masked.shape)
+    worse /= np.linalg.norm(worse, axis=1, keepdims=True)
+    cmp = compare({False: clean, True: masked}, {False: clean, True: worse}, cache, pairs)
+    u = cmp["unmasked-unmasked"]
+    assert u["difference"] == 0 and u["a_only_correct"] == u["b_only_correct"] == 0 and u["mcnemar_p"] == 1.0
+    m = cmp["masked-masked"]
+    assert m["difference"] > 0.05 and m["a_only_correct"] > m["b_only_correct"] and m["mcnemar_p"] < 0.05
+    rows = comparison_rows(cmp)
+    assert len(rows) == 5 and rows[2].startswith("| unmasked-unmasked | +0.00")
 
 
 def test_box_iou():

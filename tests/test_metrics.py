@@ -1,6 +1,6 @@
 import numpy as np
 
-from maskfr.metrics import best_threshold, kfold_accuracy, roc, tar_at_far, verification_report
+from maskfr.metrics import best_threshold, kfold_accuracy, paired_comparison, roc, tar_at_far, verification_report
 
 
 def test_best_threshold_hand_case():
@@ -44,3 +44,37 @@ def test_roc_and_tar_at_far():
     assert t == 0.25 and th == 0.9  # only the top score accepted before the first impostor
     t, _ = tar_at_far(scores, same, 0.25)
     assert t == 0.75  # one impostor (0.7) of four allowed -> accept down to 0.5
+
+
+def test_paired_comparison_counts_discordant_pairs():
+    # 2 folds of 10 pairs (5 same, 5 different); A separates every pair (0.9 vs 0.1).
+    same = np.tile([1, 1, 1, 1, 1, 0, 0, 0, 0, 0], 2).astype(bool)
+    folds = np.repeat([0, 1], 10)
+    a = np.where(same, 0.9, 0.1)
+    b = a.copy()
+    b[:3] = 0.05  # B scores three matched pairs of fold 0 below every impostor
+    # B's thresholds: from fold 1 (perfect) ~0.5 -> those 3 rejected; from fold 0 also ~0.5 (3 errors
+    # there against 5 for any threshold under 0.05) -> fold 1 all right. A is right everywhere.
+    r = paired_comparison(a, b, same, folds)
+    assert r["a_only_correct"] == 3 and r["b_only_correct"] == 0
+    assert np.allclose(r["fold_differences"], [0.3, 0.0]) and abs(r["difference"] - 0.15) < 1e-12
+    assert r["folds_a_better"] == 1 and r["folds_b_better"] == 0
+    assert r["mcnemar_p"] == 2 * 1 / 2 ** 3  # both tails of Bin(3, 1/2) at 0 and 3
+    swapped = paired_comparison(b, a, same, folds)
+    assert swapped["b_only_correct"] == 3 and swapped["mcnemar_p"] == r["mcnemar_p"]
+    assert abs(swapped["difference"] + 0.15) < 1e-12
+    assert paired_comparison(a, a, same, folds)["mcnemar_p"] == 1.0  # no discordant pair
+
+
+def test_paired_comparison_exact_binomial_tail():
+    # 10 discordant pairs, 9 won by A: p = 2 * (C(10,0) + C(10,1)) / 2^10
+    n = 10
+    same = np.ones(2 * n, bool)
+    folds = np.repeat([0, 1], n)
+    # all matched pairs: a threshold below every score accepts all (right); score -inf is always rejected
+    a = np.where(np.arange(2 * n) == 0, -np.inf, 1.0)
+    b = np.where(np.arange(2 * n) < 10, -np.inf, 1.0)
+    b[0] = 1.0
+    r = paired_comparison(a, b, same, folds)
+    assert (r["a_only_correct"], r["b_only_correct"]) == (9, 1)
+    assert abs(r["mcnemar_p"] - 2 * 11 / 1024) < 1e-15

@@ -100,10 +100,15 @@ def load(data_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train(faces: np.ndarray, lm: np.ndarray, epochs: int = 30, lr: float = 2e-3, batch: int = 128,
-          out_dir: str | Path = CACHE / "lnet", seed: int = 0) -> LNet:
-    """AdamW, learning rate warmed up then cosine-decayed; resumes from the per-epoch checkpoint in ``out_dir``."""
+          out_dir: str | Path = CACHE / "lnet", seed: int = 0, init: str | Path | None = None) -> LNet:
+    """AdamW, learning rate warmed up then cosine-decayed; resumes from the per-epoch checkpoint in ``out_dir``.
+
+    ``init``: a finished run's ``lnet.pt`` to start from (a second, usually lower-rate cosine cycle).
+    """
     torch.manual_seed(seed)
     net = LNet().to(memory_format=torch.channels_last)
+    if init is not None:
+        net.load_state_dict(torch.load(init, weights_only=True)["net"])
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     steps = math.ceil(len(faces) / batch)
     n_steps, warm = epochs * steps, max(1, epochs * steps // 20)  # a short warm-up: the first steps overshoot
@@ -148,11 +153,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Train the landmark stage on prepared MTCNN data, export to ONNX")
     ap.add_argument("--data", default=str(CACHE / "data"))
     ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the cosine schedule")
+    ap.add_argument("--init", help="start from this lnet.pt (weights only) instead of random weights")
     ap.add_argument("--ckpt-dir", default=str(CACHE / "lnet"))
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "sdk" / "models" / "mtcnn_lnet.onnx"))
     a = ap.parse_args(argv)
     faces, lm = load(a.data)
-    export_onnx(train(faces, lm, epochs=a.epochs, out_dir=a.ckpt_dir), a.out)
+    export_onnx(train(faces, lm, epochs=a.epochs, lr=a.lr, out_dir=a.ckpt_dir, init=a.init), a.out)
 
 
 if __name__ == "__main__":

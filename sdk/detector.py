@@ -130,12 +130,14 @@ class FaceDetector:
 
     ``min_face``: smallest face side searched for, in pixels (smaller = slower);
     ``score_threshold``: O-Net's final face probability; ``pnet_threshold`` /
-    ``rnet_threshold``: the earlier stages' cut-offs (low, so masked faces survive to O-Net);
+    ``rnet_threshold``: the earlier stages' cut-offs (low, so masked faces survive to O-Net; P-Net's
+    0.3 instead of MTCNN's usual 0.6 gives R-Net more boxes around each face, which recovered faces
+    whose only 0.6-proposals R-Net rejected: benchmarks/RESULTS.md, "P-Net threshold");
     ``backend``: ``"auto"`` (CUDA when onnxruntime has it), ``"cpu"`` or ``"cuda"``.
     """
 
     def __init__(self, min_face: int = 20, score_threshold: float = 0.7, nms_threshold: float = 0.7,
-                 backend: str = "auto", pnet_threshold: float = 0.6, rnet_threshold: float = 0.7,
+                 backend: str = "auto", pnet_threshold: float = 0.3, rnet_threshold: float = 0.7,
                  models_dir: str | Path | None = None, threads: int | None = None) -> None:
         if backend not in ("auto", "cpu", "cuda"):
             raise ValueError(f"backend must be 'auto', 'cpu' or 'cuda', not {backend!r}")

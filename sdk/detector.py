@@ -6,8 +6,8 @@ pyramid, R-Net (24x24) and O-Net (48x48) re-score and refine them, and a fourth 
 LNet (64x64, ``maskfr.training.lnet``), places the 5 points (O-Net's points are used when a
 models folder has no ``mtcnn_lnet.onnx``). The packaged P/R/O-Nets are facenet-pytorch's,
 fine-tuned on synthetically masked faces (``maskfr.training.mtcnn``): on masked LFW faces of
-people never trained on they find 98.4% (as shipped: 89%; dlib's HOG detector: 27%), with
-5-point errors of 6.1% of the eye distance (O-Net's points: 8.2%; as shipped: 18%)
+people never trained on they find 99.0% (as shipped: 89%; dlib's HOG detector: 27%), with
+5-point errors of 5.9% of the eye distance (O-Net's points: 8.2%; as shipped: 18%)
 (benchmarks/detection.py).
 
 Coordinates are continuous frame pixels (pixel centres at integer coordinates, as in

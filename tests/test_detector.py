@@ -194,4 +194,4 @@ def test_masked_lfw_detection_floor(detector: FaceDetector, shared_data: Path) -
             cases.append(c)
     rate, err = _rate(detector, cases)
     assert len(cases) >= 25
-    assert rate >= 0.9 and err < 0.1, (rate, err)  # packaged: 100%, 0.06 (O-Net's points 0.09; 500 images: 98.4%, 0.06)
+    assert rate >= 0.9 and err < 0.1, (rate, err)  # packaged: 100%, 0.06 (O-Net's points 0.09; 500 images: 99.0%, 0.059)

@@ -46,11 +46,15 @@ def kfold_correct(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> tu
     return correct, thrs
 
 
+def _fold_means(correct: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    return np.array([correct[folds == f].mean() for f in np.unique(folds)])
+
+
 def kfold_accuracy(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> dict:
     """LFW protocol: threshold chosen on the other folds, accuracy measured on the held-out fold."""
     folds = np.asarray(folds)
     correct, thrs = kfold_correct(scores, same, folds)
-    accs = [float(correct[folds == f].mean()) for f in np.unique(folds)]
+    accs = _fold_means(correct, folds).tolist()
     return {"accuracy": float(np.mean(accs)), "std": float(np.std(accs)), "fold_accuracies": accs,
             "thresholds": thrs}
 
@@ -66,7 +70,7 @@ def paired_comparison(scores_a: np.ndarray, scores_b: np.ndarray, same: np.ndarr
     folds = np.asarray(folds)
     ca, _ = kfold_correct(scores_a, same, folds)
     cb, _ = kfold_correct(scores_b, same, folds)
-    diffs = np.array([ca[folds == f].mean() - cb[folds == f].mean() for f in np.unique(folds)])
+    diffs = _fold_means(ca, folds) - _fold_means(cb, folds)
     a_only, b_only = int(np.sum(ca & ~cb)), int(np.sum(~ca & cb))
     n, k = a_only + b_only, min(a_only, b_only)
     # exact two-sided binomial tail, in integers (n is at most the number of pairs)

@@ -38,21 +38,21 @@ def detection_report(cache: dict[str, np.ndarray], rows: np.ndarray) -> dict:
             "found_masked": int(hit_m.sum()), "rate_masked": float(hit_m.sum() / max(found.sum(), 1))}
 
 
-def pair_index(pairs: list[Pair], paths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pair_index(pairs: list[Pair], paths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Cache rows of each pair's two images, and the pairs' labels and folds: (ia, ib, same, folds)."""
     pos = {p: i for i, p in enumerate(paths)}
     missing = [p.a for p in pairs if p.a not in pos] + [p.b for p in pairs if p.b not in pos]
     if missing:
         raise KeyError(f"{len(missing)} pair images are not in the cache, e.g. {missing[0]}")
-    return np.array([pos[p.a] for p in pairs]), np.array([pos[p.b] for p in pairs])
+    return (np.array([pos[p.a] for p in pairs]), np.array([pos[p.b] for p in pairs]),
+            np.array([p.same for p in pairs]), np.array([p.fold for p in pairs]))
 
 
 def evaluate(embed: Callable[[bool], np.ndarray], cache: dict[str, np.ndarray], pairs: list[Pair],
              out_dir: str | Path | None = None, name: str = "model") -> dict:
     """Verification report for every setting. ``embed(masked)`` returns L2-normalised embeddings of
     every cached face (masked or not), row-aligned with the cache."""
-    ia, ib = pair_index(pairs, cache["path"])
-    same = np.array([p.same for p in pairs])
-    folds = np.array([p.fold for p in pairs])
+    ia, ib, same, folds = pair_index(pairs, cache["path"])
     emb = {False: embed(False), True: embed(True)}
     detected = {False: cache["found"],
                 True: cache["found_masked"] & (box_iou(cache["box"], cache["box_masked"]) >= 0.5)}
@@ -84,9 +84,7 @@ def setting_scores(emb: dict[bool, np.ndarray], ia: np.ndarray, ib: np.ndarray) 
 def compare(emb_a: dict[bool, np.ndarray], emb_b: dict[bool, np.ndarray], cache: dict[str, np.ndarray],
             pairs: list[Pair]) -> dict[str, dict]:
     """Model A against model B on the same pairs, per setting (:func:`maskfr.metrics.paired_comparison`)."""
-    ia, ib = pair_index(pairs, cache["path"])
-    same = np.array([p.same for p in pairs])
-    folds = np.array([p.fold for p in pairs])
+    ia, ib, same, folds = pair_index(pairs, cache["path"])
     sa, sb = setting_scores(emb_a, ia, ib), setting_scores(emb_b, ia, ib)
     return {setting: paired_comparison(sa[setting], sb[setting], same, folds) for setting in SETTINGS}
 

@@ -100,13 +100,14 @@ def load(data_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train(faces: np.ndarray, lm: np.ndarray, epochs: int = 30, lr: float = 2e-3, batch: int = 128,
-          out_dir: str | Path = CACHE / "lnet", seed: int = 0, init: str | Path | None = None) -> LNet:
+          out_dir: str | Path = CACHE / "lnet", seed: int = 0, init: str | Path | None = None,
+          width: int = 32) -> LNet:
     """AdamW, learning rate warmed up then cosine-decayed; resumes from the per-epoch checkpoint in ``out_dir``.
 
     ``init``: a finished run's ``lnet.pt`` to start from (a second, usually lower-rate cosine cycle).
     """
     torch.manual_seed(seed)
-    net = LNet().to(memory_format=torch.channels_last)
+    net = LNet(width).to(memory_format=torch.channels_last)
     if init is not None:
         net.load_state_dict(torch.load(init, weights_only=True)["net"])
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
@@ -155,11 +156,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the cosine schedule")
     ap.add_argument("--init", help="start from this lnet.pt (weights only) instead of random weights")
+    ap.add_argument("--width", type=int, default=32, help="channels of the first conv (the packaged net: 32)")
     ap.add_argument("--ckpt-dir", default=str(CACHE / "lnet"))
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "sdk" / "models" / "mtcnn_lnet.onnx"))
     a = ap.parse_args(argv)
     faces, lm = load(a.data)
-    export_onnx(train(faces, lm, epochs=a.epochs, lr=a.lr, out_dir=a.ckpt_dir, init=a.init), a.out)
+    export_onnx(train(faces, lm, epochs=a.epochs, lr=a.lr, out_dir=a.ckpt_dir, init=a.init, width=a.width), a.out)
 
 
 if __name__ == "__main__":

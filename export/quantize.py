@@ -39,10 +39,11 @@ import numpy as np
 from maskfr.align import to_input
 
 #: Ops quantized in the INT8 model; the normalisation tail (ReduceL2, Clip, Div) stays float.
-#: ``Relu`` is listed so the quantizer folds each ReLU into its producer's output scale: without it every
-#: Conv -> ReLU and Add -> ReLU got two scales, and ONNX Runtime ran 32 extra DequantizeLinear ->
-#: QuantizeLinear requantizations (1.33x -> 1.52x over FP32 on the 2-core CPU, benchmarks/RESULTS.md).
-#: No Q/DQ between a conv and its ReLU is also the placement TensorRT's QDQ guide asks for.
+#: ``Relu`` is listed so that, in the CPU flavour (uint8, whose zero point clips at 0), the quantizer folds
+#: each ReLU into its producer's output scale: without it every Conv -> ReLU and Add -> ReLU got two
+#: scales, and ONNX Runtime ran 32 extra DequantizeLinear -> QuantizeLinear requantizations (1.33x ->
+#: 1.52x over FP32 on the 2-core CPU, benchmarks/RESULTS.md). With symmetric int8 (TensorRT flavour) a
+#: ReLU cannot be folded into a scale, so the quantizer keeps it, with Q/DQ on both sides as before.
 INT8_OPS = ("Conv", "MatMul", "Gemm", "Add", "Relu", "MaxPool", "AveragePool", "Resize", "Pad")
 FP32_IN_FP16 = ("ReduceL2",)
 

@@ -126,6 +126,11 @@ def test_int8_qdq_model_is_tensorrt_ready(models):
         assert ox.compare(ref, ox.ort_embed(models[key], models["faces"]), min_cosine=0.98, verbose=False)["passed"]
     cpu = qdq_summary(models["int8cpu"])
     assert cpu["uint8"] > 0 and not cpu["tensorrt_ready"]  # the CPU flavour is not for TensorRT
+    # CPU flavour: each ReLU folded into its producer's uint8 scale (no requantization around it);
+    # symmetric int8 cannot fold it, so TensorRT's keeps them
+    assert not any(n.op_type == "Relu" for n in onnx.load(models["int8cpu"]).graph.node)
+    relus = [sum(n.op_type == "Relu" for n in onnx.load(models[k]).graph.node) for k in ("int8", "fp32")]
+    assert relus[0] == relus[1] > 0
 
 
 @pytest.mark.skipif(not HAVE_RTX, reason="tensorrt_rtx not installed (pip install tensorrt-rtx-cu13)")

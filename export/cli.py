@@ -48,7 +48,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 def cmd_quantize(a: argparse.Namespace) -> int:
     import numpy as np
 
-    from maskfr.export.quantize import qdq_summary, to_fp16, to_int8
+    from maskfr.export.quantize import folder_faces, qdq_summary, to_fp16, to_int8
 
     if not (a.fp16 or a.int8):
         raise ValueError("nothing to do: pass --fp16 and/or --int8")
@@ -57,7 +57,9 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     if a.fp16:
         out["fp16"] = str(to_fp16(src, src.with_suffix(".fp16.onnx")))
     if a.int8:
-        if a.calib and a.calib.endswith(".npy"):
+        if a.calib and Path(a.calib).is_dir():
+            faces, out["calibration_skipped"] = folder_faces(a.calib, a.n)
+        elif a.calib and a.calib.endswith(".npy"):
             faces = np.load(a.calib)
         else:
             faces = _faces(a.calib, a.lfw, a.folds, a.n)
@@ -65,7 +67,12 @@ def cmd_quantize(a: argparse.Namespace) -> int:
         out["int8"] = str(to_int8(src, dst, faces, target=a.target, method=a.method))
         out["int8_qdq"] = qdq_summary(dst)
         out["calibration_faces"] = int(len(faces))
-    _print(out, a.json, "\n".join(f"wrote {v}" for k, v in out.items() if k in ("fp16", "int8")))
+    text = [f"wrote {v}" for k, v in out.items() if k in ("fp16", "int8")]
+    if "calibration_skipped" in out:
+        skipped = out["calibration_skipped"]
+        text.append(f"calibrated on {out['calibration_faces']} faces (skipped {skipped['unreadable']} unreadable "
+                    f"images and {skipped['no_face']} without a face)")
+    _print(out, a.json, "\n".join(text))
     return 0
 
 
@@ -112,7 +119,8 @@ def add_export_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--int8", action="store_true", help="write MODEL.int8.onnx (QDQ, calibrated)")
     q.add_argument("--target", choices=["tensorrt", "cpu"], default="tensorrt",
                    help="INT8 flavour: tensorrt (S8S8 symmetric) or cpu (U8S8, faster on AVX2 CPUs)")
-    q.add_argument("--calib", help="aligned-face cache .npz (default ~/.cache/maskfr/lfw.npz) or an .npy of crops")
+    q.add_argument("--calib", help="a folder of your images (faces found and aligned as the runtime does; "
+                   "include masked ones), an aligned-face cache .npz (default ~/.cache/maskfr/lfw.npz) or an .npy of crops")
     q.add_argument("--lfw", help="LFW root: calibrate only on the people of --folds (recommended)")
     q.add_argument("--folds", default="1-5", help="LFW folds whose people calibrate (default 1-5)")
     q.add_argument("-n", type=int, default=256, help="calibration faces (half masked)")

@@ -239,3 +239,38 @@ def test_golden_faces_come_from_the_public_photo():
     assert np.array_equal(faces, public_faces(4))  # reproducible
     lower, upper = faces[:, 70:], faces[:, :50]
     assert np.abs(lower[1].astype(int) - lower[0]).mean() > 5 * np.abs(upper[1].astype(int) - upper[0]).mean()
+
+
+def test_quantize_calibrates_on_a_folder_of_images(models, tmp_path, capsys):
+    """`maskfr quantize --int8 --calib FOLDER`: faces found and aligned as the runtime does, bad files skipped."""
+    pytest.importorskip("skimage")
+    import cv2
+
+    from maskfr.cli import main
+    from maskfr.demo import demo_images, draw_mask
+    from maskfr.detector import FaceDetector
+    from maskfr.export.quantize import folder_faces, qdq_summary
+
+    photos = demo_images()
+    face = photos["astronaut"]
+    lm = max(FaceDetector().detect(face), key=lambda d: d.score).landmarks
+    (tmp_path / "cams" / "door").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "cams" / "door" / "a.jpg"), face)
+    cv2.imwrite(str(tmp_path / "cams" / "b_masked.png"), draw_mask(face, np.asarray(lm).reshape(5, 2)))
+    cv2.imwrite(str(tmp_path / "cams" / "coffee.jpg"), photos["coffee"])
+    (tmp_path / "cams" / "broken.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "cams" / "notes.txt").write_text("ignored")
+
+    crops, skipped = folder_faces(tmp_path / "cams")
+    assert crops.shape == (2, 112, 112, 3) and crops.dtype == np.uint8
+    assert skipped == {"unreadable": 1, "no_face": 1}
+    model = tmp_path / "m.onnx"
+    model.write_bytes(models["fp32"].read_bytes())
+    assert main(["quantize", str(model), "--int8", "--target", "cpu", "--calib", str(tmp_path / "cams"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["calibration_faces"] == 2 and out["calibration_skipped"] == skipped
+    assert qdq_summary(tmp_path / "m.int8-cpu.onnx")["uint8"] > 0
+    (tmp_path / "empty").mkdir()
+    cv2.imwrite(str(tmp_path / "empty" / "coffee.jpg"), photos["coffee"])
+    with pytest.raises(ValueError, match="no face found in the 1 images"):
+        folder_faces(tmp_path / "empty")

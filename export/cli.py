@@ -123,7 +123,7 @@ def add_export_commands(sub: argparse._SubParsersAction) -> None:
                    "include masked ones), an aligned-face cache .npz (default ~/.cache/maskfr/lfw.npz) or an .npy of crops")
     q.add_argument("--lfw", help="LFW root: calibrate only on the people of --folds (recommended)")
     q.add_argument("--folds", default="1-5", help="LFW folds whose people calibrate (default 1-5)")
-    q.add_argument("-n", type=int, default=256, help="calibration faces (half masked)")
+    q.add_argument("-n", type=int, default=256, help="calibration faces (from the cache: half masked)")
     q.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="percentile")
     q.add_argument("--json", action="store_true")
     q.set_defaults(fn=cmd_quantize)

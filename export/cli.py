@@ -58,7 +58,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
         out["fp16"] = str(to_fp16(src, src.with_suffix(".fp16.onnx")))
     if a.int8:
         if a.calib and Path(a.calib).is_dir():
-            faces, out["calibration_skipped"] = folder_faces(a.calib, a.n)
+            faces, out["calibration_skipped"] = folder_faces(a.calib, a.n, drawn_masks=a.drawn_masks)
         elif a.calib and a.calib.endswith(".npy"):
             faces = np.load(a.calib)
         else:
@@ -124,6 +124,9 @@ def add_export_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--lfw", help="LFW root: calibrate only on the people of --folds (recommended)")
     q.add_argument("--folds", default="1-5", help="LFW folds whose people calibrate (default 1-5)")
     q.add_argument("-n", type=int, default=256, help="calibration faces (from the cache: half masked)")
+    q.add_argument("--drawn-masks", type=float, default=0.5, metavar="F",
+                   help="with --calib FOLDER: fraction of its faces that get a drawn mask of random colour first "
+                        "(default 0.5, so masked faces are covered even if the folder has none)")
     q.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="percentile")
     q.add_argument("--json", action="store_true")
     q.set_defaults(fn=cmd_quantize)

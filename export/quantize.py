@@ -130,20 +130,25 @@ def calibration_faces(cache: str | os.PathLike | dict, people: set[str] | None =
     return np.concatenate([z["img112_masked"][pick[:n_masked]], z["img112"][pick[n_masked:]]])
 
 
-def folder_faces(folder: str | os.PathLike, n: int = 256, seed: int = 0) -> tuple[np.ndarray, dict[str, int]]:
+def folder_faces(folder: str | os.PathLike, n: int = 256, seed: int = 0,
+                 drawn_masks: float = 0.5) -> tuple[np.ndarray, dict[str, int]]:
     """Aligned RGB crops (N, 112, 112, 3) of the largest face in up to ``n`` images under ``folder``, with
     counts of what was skipped: calibrate on your own cameras' faces (masked ones too) rather than LFW.
 
     Faces are found and aligned exactly as the runtime does it (packaged detector, 5-point similarity);
     unreadable images and images without a face are skipped and counted, none at all is an error.
+    ``drawn_masks``: the fraction of faces that get a flat mask of a random colour drawn over the lower
+    face first, so the activation ranges cover masked faces even when the folder has none.
     """
     from maskfr.align import align_face
     from maskfr.cli_runtime import IMAGE_SUFFIXES
+    from maskfr.demo import draw_mask
     from maskfr.detector import FaceDetector
     from maskfr.recognizer import ImageError, load_image
 
     paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    np.random.default_rng(seed).shuffle(paths)
+    rng = np.random.default_rng(seed)
+    rng.shuffle(paths)
     detector, crops, skipped = FaceDetector(), [], {"unreadable": 0, "no_face": 0}
     for path in paths:
         if len(crops) == n:
@@ -158,7 +163,10 @@ def folder_faces(folder: str | os.PathLike, n: int = 256, seed: int = 0) -> tupl
             skipped["no_face"] += 1
             continue
         best = max(dets, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
-        crops.append(align_face(img, np.asarray(best.landmarks).reshape(5, 2))[..., ::-1])
+        lm = np.asarray(best.landmarks).reshape(5, 2)
+        if rng.random() < drawn_masks:
+            img = draw_mask(img, lm, tuple(int(c) for c in rng.integers(0, 256, 3)))
+        crops.append(align_face(img, lm)[..., ::-1])
     if not crops:
         raise ValueError(f"no face found in the {len(paths)} images under {folder} "
                          f"({skipped['unreadable']} unreadable): nothing to calibrate on")

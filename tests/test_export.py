@@ -261,9 +261,12 @@ def test_quantize_calibrates_on_a_folder_of_images(models, tmp_path, capsys):
     (tmp_path / "cams" / "broken.jpg").write_bytes(b"not a jpeg")
     (tmp_path / "cams" / "notes.txt").write_text("ignored")
 
-    crops, skipped = folder_faces(tmp_path / "cams")
+    crops, skipped = folder_faces(tmp_path / "cams", drawn_masks=0.0)
     assert crops.shape == (2, 112, 112, 3) and crops.dtype == np.uint8
     assert skipped == {"unreadable": 1, "no_face": 1}
+    drawn, _ = folder_faces(tmp_path / "cams", drawn_masks=1.0)  # same faces, same order, each with a mask drawn
+    lower = np.abs(drawn.astype(int) - crops)[:, 80:].mean((1, 2, 3))
+    assert np.all(np.abs(drawn.astype(int) - crops)[:, :45].mean((1, 2, 3)) < 1) and lower.max() > 5
     model = tmp_path / "m.onnx"
     model.write_bytes(models["fp32"].read_bytes())
     assert main(["quantize", str(model), "--int8", "--target", "cpu", "--calib", str(tmp_path / "cams"), "--json"]) == 0

@@ -143,13 +143,12 @@ def folder_faces(folder: str | os.PathLike, n: int = 256, seed: int = 0,
     from maskfr.align import align_face
     from maskfr.cli_runtime import IMAGE_SUFFIXES
     from maskfr.demo import draw_mask
-    from maskfr.detector import FaceDetector
-    from maskfr.recognizer import ImageError, load_image
+    from maskfr.recognizer import FaceRecognizer, ImageError, load_image
 
     paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     rng = np.random.default_rng(seed)
     rng.shuffle(paths)
-    detector, crops, skipped = FaceDetector(), [], {"unreadable": 0, "no_face": 0}
+    rec, crops, skipped = FaceRecognizer(mask_classifier=None), [], {"unreadable": 0, "no_face": 0}
     for path in paths:
         if len(crops) == n:
             break
@@ -158,12 +157,11 @@ def folder_faces(folder: str | os.PathLike, n: int = 256, seed: int = 0,
         except ImageError:
             skipped["unreadable"] += 1
             continue
-        dets = detector.detect(img)
-        if not dets:
+        faces = rec.detect(img)  # the runtime's detection (frame scaling included), largest face first
+        if not faces:
             skipped["no_face"] += 1
             continue
-        best = max(dets, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
-        lm = np.asarray(best.landmarks).reshape(5, 2)
+        lm = faces[0].landmarks
         if rng.random() < drawn_masks:
             img = draw_mask(img, lm, tuple(int(c) for c in rng.integers(0, 256, 3)))
         crops.append(align_face(img, lm)[..., ::-1])

@@ -1,5 +1,6 @@
 """A tiny G2D run on generated faces: every stage runs, losses fall, resuming gives identical weights."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from conftest import draw_face, face_landmarks
 from maskfr.align import similarity_transform, template, warp_face
 from maskfr.training.dlib_models import five_from_68
 from maskfr.training.masks import MaskSynth
-from maskfr.training.train import STAGES, Trainer, TrainSet
+from maskfr.training.train import STAGES, Trainer, TrainSet, load_config
 
 
 def _tiny_data(n_ids=4, per=4) -> TrainSet:
@@ -124,3 +125,16 @@ def test_alignment_jitter_moves_only_the_masked_input():
     assert not torch.equal(a[0], b[0]) and torch.equal(b[0], again[0])  # moved, reproducibly
     assert torch.equal(a[1], b[1]) and torch.equal(a[3], b[3])  # clean target and teacher embedding untouched
     assert b[2].sum() > 0  # the occlusion map moved with the face, not lost
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.py")), ids=lambda p: p.stem)
+def test_shipped_configs_load_and_hold_every_stage(path):
+    """Configs derive from each other (runpy); a typo in one would only surface an hour into a run."""
+    cfg = load_config(path)
+    assert cfg["name"] == path.stem
+    assert set(cfg["stages"]) == set(STAGES)
+    assert not set(cfg["train_lfw_folds"]) & set(range(6, 11)), "folds 6-10 are the test people"
+    for stage, keys in {"inpaint": ("lr_encoder", "lr_decoder", "hole_weight"),
+                        "reformer": ("lr_encoder", "lr_reformer", "tau", "w_relation", "w_instance"),
+                        "classifier": ("lr_head", "lr_reformer", "margin", "scale", "w_kd")}.items():
+        assert {"epochs", *keys} <= set(cfg["stages"][stage]), stage

@@ -85,18 +85,19 @@ def copy_bandwidth_gbps(cp, nbytes: int = 1 << 30, reps: int = 20) -> float:
     return 2 * nbytes * reps / (cp.cuda.get_elapsed_time(start, stop) * 1e-3) / 1e9
 
 
-def gpu_table(peak_gbps: float | None) -> str:
+def gpu_table(gbps: float | None) -> str:
     """Kernel time vs bandwidth floor; frames already on the device (the ext's device-pointer entry)."""
     import cupy as cp
     from maskfr import _ext
 
-    props = cp.cuda.runtime.getDeviceProperties(0)
+    name = cp.cuda.runtime.getDeviceProperties(0)["name"]
+    name = name.decode() if isinstance(name, bytes) else name
     source = "given"
-    if peak_gbps is None:
-        peak_gbps, source = copy_bandwidth_gbps(cp), "measured device-to-device copy, bytes read + written"
+    if gbps is None:
+        gbps, source = copy_bandwidth_gbps(cp), "measured device-to-device copy, bytes read + written"
     rng = np.random.default_rng(0)
     stream = cp.cuda.Stream(non_blocking=True)
-    rows = [f"{props['name'].decode()} (bandwidth {peak_gbps:.0f} GB/s, {source})", "",
+    rows = [f"{name} (bandwidth {gbps:.0f} GB/s, {source})", "",
             "| frame | batch | kernel us | floor us | % of bandwidth | faces/s |", "|---|---:|---:|---:|---:|---:|"]
     for name, hw in FRAMES.items():
         for n in BATCHES:
@@ -116,7 +117,7 @@ def gpu_table(peak_gbps: float | None) -> str:
             us = cp.cuda.get_elapsed_time(start, stop) * 1e3 / reps
             scale = np.sqrt(np.abs(np.linalg.det(mats[:, :, :2])))  # crop px per frame px
             read = float(np.sum(SIZE * SIZE * 3 / scale**2))  # each covered source byte read once
-            floor = (out.nbytes + read) / (peak_gbps * 1e3)
+            floor = (out.nbytes + read) / (gbps * 1e3)
             rows.append(f"| {name} | {n} | {us:.1f} | {floor:.1f} | {100 * floor / us:.0f}% | {n / us * 1e6:,.0f} |")
     return "\n".join(rows)
 

@@ -90,14 +90,14 @@ def gpu_table(gbps: float | None) -> str:
     import cupy as cp
     from maskfr import _ext
 
-    name = cp.cuda.runtime.getDeviceProperties(0)["name"]
-    name = name.decode() if isinstance(name, bytes) else name
+    gpu = cp.cuda.runtime.getDeviceProperties(0)["name"]
+    gpu = gpu.decode() if isinstance(gpu, bytes) else gpu
     source = "given"
     if gbps is None:
         gbps, source = copy_bandwidth_gbps(cp), "measured device-to-device copy, bytes read + written"
     rng = np.random.default_rng(0)
     stream = cp.cuda.Stream(non_blocking=True)
-    rows = [f"{name} (bandwidth {gbps:.0f} GB/s, {source})", "",
+    rows = [f"{gpu} (bandwidth {gbps:.0f} GB/s, {source})", "",
             "| frame | batch | kernel us | floor us | % of bandwidth | faces/s |", "|---|---:|---:|---:|---:|---:|"]
     for name, hw in FRAMES.items():
         for n in BATCHES:

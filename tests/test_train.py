@@ -10,7 +10,7 @@ from conftest import draw_face, face_landmarks
 from maskfr.align import similarity_transform, template, warp_face
 from maskfr.training.dlib_models import five_from_68
 from maskfr.training.masks import MaskSynth
-from maskfr.training.train import STAGES, Trainer, TrainSet, load_config
+from maskfr.training.train import STAGES, Trainer, TrainSet, load_config, load_inpainter
 
 
 def _tiny_data(n_ids=4, per=4) -> TrainSet:
@@ -58,6 +58,14 @@ def test_all_stages_run_and_losses_fall(tmp_path):
     assert ck["stage"] == "final" and ck["config"]["name"] == "tiny" and "git_rev" in ck
     emb = trainer.student(torch.zeros(2, 3, 112, 112))
     assert emb.shape == (2, 128) and torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
+    # inpaint-then-teacher and the PNG grid use the encoder the decoder was trained with, not the final one
+    inpainter, decoder = load_inpainter(tmp_path / "inpaint.pt")
+    stage = torch.load(tmp_path / "inpaint.pt", weights_only=False)
+    assert all(torch.equal(v, stage["model"][k]) for k, v in inpainter.state_dict().items())
+    assert all(torch.equal(v, stage["decoder"][k]) for k, v in decoder.state_dict().items())
+    moved = trainer.student.encoder.state_dict()
+    assert any(not torch.equal(v, moved[k]) for k, v in inpainter.encoder.state_dict().items())
+    assert not inpainter.training and not decoder.training
 
 
 def test_resume_gives_identical_weights(tmp_path, monkeypatch):

@@ -301,6 +301,19 @@ class Trainer:
         return final
 
 
+def load_inpainter(path: Path) -> tuple[G2DStudent, Decoder]:
+    """Encoder and decoder as the inpainting stage left them (``<run>/inpaint.pt``).
+
+    The reformer stage goes on to fine-tune the encoder for identity, and the decoder was never trained
+    to read that encoder: the inpainter is the pair the inpainting stage saved.
+    """
+    st = torch.load(path, map_location="cpu", weights_only=False)
+    student, decoder = create_student(pretrained=False), Decoder()
+    student.load_state_dict(st["model"])
+    decoder.load_state_dict(st["decoder"])
+    return student.eval(), decoder.eval()
+
+
 def save_inpaint_grid(student: G2DStudent, decoder: Decoder, masked: np.ndarray, clean: np.ndarray,
                       path: Path) -> None:
     """PNG rows of masked | inpainted | original (all in dlib's chip frame) so a person can judge it."""
@@ -350,10 +363,9 @@ def train_from_args(a) -> int:
     rep = evaluate(torch_embedder(trainer.student)(sub), sub, pairs, run, cfg["name"])
     lines += markdown_rows(rep)
     if cfg.get("generative_pretraining", True):
-        save_inpaint_grid(trainer.student, trainer.decoder, sub["img112_masked"][:8], sub["img112"][:8],
-                          run / "inpaint_examples.png")
-        rep = evaluate(inpaint_teacher_embedder(trainer.student, trainer.decoder)(sub), sub, pairs, run,
-                       "inpaint-then-teacher")
+        inpainter, decoder = load_inpainter(run / "inpaint.pt")
+        save_inpaint_grid(inpainter, decoder, sub["img112_masked"][:8], sub["img112"][:8], run / "inpaint_examples.png")
+        rep = evaluate(inpaint_teacher_embedder(inpainter, decoder)(sub), sub, pairs, run, "inpaint-then-teacher")
         lines += markdown_rows(rep)
     print("\n".join(lines))
     (run / "table.md").write_text("\n".join(lines) + "\n")

@@ -20,6 +20,7 @@ step GPU
 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv || status=1
 ARCH=${CUDA_ARCH:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)}
 nvcc --version | tail -2
+[ -n "$ARCH" ] || { echo "no GPU visible to nvidia-smi: set CUDA_ARCH to build anyway"; exit 2; }
 
 step "build maskfr with CUDA kernel for sm_$ARCH"
 rm -rf "$SITE"

@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         bgr = cv2.imread(p)
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         masked = cv2.cvtColor(synth(rgb, ref["lm68"], np.random.default_rng(i))[0], cv2.COLOR_RGB2BGR)
+        corners = corner_over_centre(ref)
         for name, fn in detectors.items():
             for cond, img in (("unmasked", bgr), ("masked", masked)):
                 found, err, extra = score_image(fn(img), ref, img.shape)
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
                 s["unmatched"] += extra
                 if found:
                     s["err"].append(err)
-                    s["err_corners"].append(err.mean() / corner_over_centre(ref))
+                    s["err_corners"].append(err.mean() / corners)
 
     times = {k: [] for k in detectors}
     for p in paths[:args.timing_frames]:

@@ -31,8 +31,9 @@ def newest_checkpoint() -> str | None:
 
 
 def speed(paths: dict[str, Path], faces: np.ndarray, threads: int, reps: int) -> dict[str, float]:
-    """Median ms/face at batch ``len(faces)``, variants interleaved round by round."""
-    sessions = {k: ort_session(p, threads=threads) for k, p in paths.items()}
+    """Median ms/face at batch ``len(faces)``, variants interleaved round by round (no thread spinning,
+    which would let the idle sessions' threads slow the one being timed)."""
+    sessions = {k: ort_session(p, threads=threads, spin=False) for k, p in paths.items()}
     for s in sessions.values():
         ort_embed(s, faces, batch=len(faces))  # warm-up
     times: dict[str, list[float]] = {k: [] for k in paths}

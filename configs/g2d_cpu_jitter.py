@@ -10,7 +10,7 @@ from pathlib import Path
 
 _base = runpy.run_path(str(Path(__file__).with_name("g2d_cpu.py")))["config"]
 _stages = {k: dict(v) for k, v in _base["stages"].items()}
-_stages["reformer"].update(max_steps=400, warmup_steps=40)
+_stages["reformer"].update(max_steps=None, warmup_steps=40)  # one epoch: 185 steps of 64 faces
 _stages["classifier"].update(max_steps=150, warmup_steps=15)
 config = dict(_base, name="g2d_cpu_jitter", stages=_stages,
               align_jitter=dict(p=0.7, rot_deg=5.0, scale=0.06, shift_px=3.0))

@@ -94,6 +94,16 @@ def test_resume_gives_identical_weights(tmp_path, monkeypatch):
         assert torch.equal(a, b), f"{k} differs after resume"
 
 
+def test_max_steps_beyond_one_epoch_is_refused(tmp_path):
+    """max_steps caps each epoch; asking for more than an epoch holds must not silently run fewer."""
+    cfg = _cfg(epochs=1)
+    cfg["stages"]["reformer"]["max_steps"] = 3  # 16 faces in batches of 8: 2 per epoch
+    trainer = Trainer(cfg, _tiny_data(), MaskSynth(None), tmp_path, pretrained=False)
+    with pytest.raises(ValueError, match=r"max_steps=3 is more than one epoch .*\(2 batches of 8\)"):
+        trainer.run_stage("reformer", None)
+    assert not (tmp_path / "reformer.partial.pt").exists()
+
+
 def test_teacher_centring_is_shared_by_student_and_targets(tmp_path):
     data = _tiny_data()
     data.teacher[:] = data.teacher + 2.0  # a narrow cone, like dlib's

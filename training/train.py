@@ -254,6 +254,10 @@ class Trainer:
         # alignment jitter only where the student learns identity (the inpainter's target is the aligned face)
         ds = MaskedFaces(self.data, self.synth, self.cfg["p_mask"], self.cfg["seed"], STAGES.index(stage),
                          None if stage == "inpaint" else self.cfg.get("align_jitter"))
+        batches = len(ds) // self.cfg["batch_size"]
+        if (s.get("max_steps") or 0) > batches:  # it caps each epoch: more would silently run fewer steps
+            raise ValueError(f"stage {stage}: max_steps={s['max_steps']} is more than one epoch of this data "
+                             f"({batches} batches of {self.cfg['batch_size']}); set epochs for longer stages")
         train_mods = {"inpaint": (self.student.encoder, self.decoder),
                       "reformer": (self.student,), "classifier": (self.student.reformer, self.head)}[stage]
         for epoch in range(start, s["epochs"]):

@@ -75,8 +75,9 @@ def available_backends() -> list[str]:
     return names + ["cpu"]
 
 
-def load_runner(model: str | Path, backend: str = "auto", size: int = 112) -> Runner:
-    """Open ``model`` (an .onnx file or a TensorRT engine) on ``backend``."""
+def load_runner(model: str | Path, backend: str = "auto", size: int = 112, threads: int | None = None) -> Runner:
+    """Open ``model`` (an .onnx file or a TensorRT engine) on ``backend``; ``threads``: ONNX Runtime's intra-op
+    threads (default: one per core)."""
     path = Path(model)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
@@ -93,13 +94,13 @@ def load_runner(model: str | Path, backend: str = "auto", size: int = 112) -> Ru
         return TensorRTRunner(path, size=size)
     if is_engine:
         raise ValueError(f"{path.name} is a TensorRT engine; use backend='tensorrt' or an .onnx model")
-    return OnnxRunner(path, cuda=backend == "cuda", size=size)
+    return OnnxRunner(path, cuda=backend == "cuda", size=size, threads=threads)
 
 
 class OnnxRunner:
     """ONNX Runtime session; ``session.run`` is thread-safe, so no lock is needed."""
 
-    def __init__(self, path: str | Path, cuda: bool = False, size: int = 112):
+    def __init__(self, path: str | Path, cuda: bool = False, size: int = 112, threads: int | None = None):
         import onnxruntime as ort
         providers = ["CPUExecutionProvider"]
         if cuda:
@@ -107,8 +108,11 @@ class OnnxRunner:
                 raise BackendUnavailable("backend 'cuda' needs onnxruntime-gpu with a CUDA device; "
                                          f"available providers: {ort.get_available_providers()}")
             providers.insert(0, "CUDAExecutionProvider")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), providers=providers)
+            self.session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise ValueError(f"cannot load ONNX model {path}: {exc}") from None
         self.name = "cuda" if cuda else "cpu"

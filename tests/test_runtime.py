@@ -155,6 +155,13 @@ def test_backend_choice_never_falls_back(model, tmp_path):
     assert backends.load_runner(model, "auto").name in ("cpu", "cuda")
 
 
+def test_threads_reach_the_model_and_the_default_detector(model):
+    rec = FaceRecognizer(model, backend="cpu", threads=1, mask_classifier=None)
+    assert rec.runner.session.get_session_options().intra_op_num_threads == 1
+    assert rec.detect(np.zeros((64, 64, 3), np.uint8)) == []
+    assert rec._detector.threads == 1
+
+
 def test_engine_with_wrong_input_shape_raises(tmp_path):
     engine = tmp_path / "student.engine"
     engine.write_bytes(b"\0" * 64)

@@ -6,9 +6,13 @@ place its landmarks itself. This script runs exactly what a user runs, ``FaceRec
 full 250x250 LFW image, unmasked and with the same synthetic mask as the aligned-face cache (same
 landmarks, same seed), and scores the pairs of the chosen folds:
 
-* found: MTCNN returned a face whose box overlaps dlib's unmasked box (IoU >= 0.5), the one nearest the
-  centre; a pair with a missing face scores -inf (a miss, never dropped);
-* oracle rows: the same model on the cache's oracle-aligned crops, same pairs, for comparison.
+* found: the pipeline returned a face whose box overlaps dlib's unmasked box (IoU >= 0.5), the one nearest
+  the centre; a pair with a missing face scores -inf (a miss, never dropped);
+* oracle rows: the same model on the cache's oracle-aligned crops, same pairs, for comparison;
+* ``--baseline face_recognition``: the `face_recognition` library as its README uses it (HOG detector,
+  5-point landmarks, dlib's ResNet, one jitter; ``pip install --no-deps face_recognition==1.3.0``) on the same
+  frames, timed image by image alongside ours, and both scored at their out-of-the-box thresholds too
+  (face_recognition: distance <= 0.6; maskfr: the model's recommended FAR 1e-3 similarity).
 
 ``--model`` takes any 112-crop ONNX embedder, e.g. dlib's network with no training (export a checkpoint of
 ``create_student(pretrained=True)``) to compare the off-the-shelf recogniser in the same pipeline.
@@ -18,7 +22,9 @@ landmarks, same seed), and scores the pairs of the chosen folds:
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from detection import _centre_dist  # benchmarks/detection.py: the same "face nearest the centre" rule
@@ -28,27 +34,66 @@ from maskfr.recognizer import DEFAULT_MODEL, FaceRecognizer
 from maskfr.training import cache as fc
 from maskfr.training.data import LFW
 from maskfr.training.embedders import l2n, onnx_embedder
-from maskfr.training.evaluate import TABLE_HEADER, evaluate, lfw_pairs, markdown_rows
+from maskfr.training.evaluate import SETTINGS, TABLE_HEADER, evaluate, lfw_pairs, markdown_rows, pair_index
 from maskfr.training.masks import MaskSynth
 
+#: frame (RGB) -> every face found, as (box l, t, r, b; embedding)
+Pipeline = Callable[[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]
 
-def runtime_embeddings(rec: FaceRecognizer, paths: list[str], index: np.ndarray, synth: MaskSynth) -> dict:
-    """Per image and condition: embedding of the detected face matching dlib's box (zeros + found=False if none)."""
+
+def maskfr_pipeline(rec: FaceRecognizer) -> Pipeline:
+    def run(rgb: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(f.box, f.embedding) for f in rec.analyze([np.ascontiguousarray(rgb[..., ::-1])])[0]]
+    return run
+
+
+def face_recognition_pipeline() -> Pipeline:
+    """What `face_recognition.face_encodings(image)` does, with the boxes kept to match faces."""
+    import face_recognition as fr
+
+    def run(rgb: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        locs = fr.face_locations(rgb)  # (top, right, bottom, left), HOG, upsampled once
+        encs = fr.face_encodings(rgb, known_face_locations=locs)
+        return [(np.array([l, t, r, b], np.float32), e) for (t, r, b, l), e in zip(locs, encs)]
+    return run
+
+
+def run_pipelines(pipelines: dict[str, Pipeline], paths: list[str], index: np.ndarray, synth: MaskSynth,
+                  dim: dict[str, int]) -> dict[str, dict]:
+    """Per pipeline, image and condition: the embedding of the face matching dlib's box (zeros + found=False if
+    none), and seconds per call. Pipelines take turns on each frame, the order alternating, so their timings
+    share the machine's state."""
     from tqdm import tqdm
-    dim = rec.new_gallery().dim
-    out = {m: (np.zeros((len(paths), dim), np.float32), np.zeros(len(paths), bool)) for m in (False, True)}
-    for i, (p, idx) in enumerate(tqdm(list(zip(paths, index)), desc="runtime", unit="img")):
+    out = {k: {"emb": {m: np.zeros((len(paths), dim[k]), np.float32) for m in (False, True)},
+               "found": {m: np.zeros(len(paths), bool) for m in (False, True)},
+               "seconds": {False: [], True: []}} for k in pipelines}
+    for i, (p, idx) in enumerate(tqdm(list(zip(paths, index)), desc="pipelines", unit="img")):
         f = fc.masked_frame(p, int(idx), synth)
         if not f["found"]:  # no dlib reference box: counted as missed
             continue
+        order = list(pipelines) if i % 2 == 0 else list(pipelines)[::-1]
         for masked, rgb in ((False, f["img"]), (True, f["masked"])):
-            faces = rec.analyze([np.ascontiguousarray(rgb[..., ::-1])])[0]
-            if not faces:
-                continue
-            near = min(faces, key=lambda x: _centre_dist(x.box, rgb.shape))
-            if box_iou(f["box"], near.box[None])[0] >= 0.5:
-                out[masked][0][i], out[masked][1][i] = near.embedding, True
+            for k in order:
+                t = time.perf_counter()
+                faces = pipelines[k](rgb)
+                out[k]["seconds"][masked].append(time.perf_counter() - t)
+                if not faces:
+                    continue
+                box, emb = min(faces, key=lambda x: _centre_dist(x[0], rgb.shape))
+                if box_iou(f["box"], box[None])[0] >= 0.5:
+                    out[k]["emb"][masked][i], out[k]["found"][masked][i] = emb, True
     return out
+
+
+def default_threshold_accuracy(r: dict, sub: dict, pairs: list, same_if: Callable[[np.ndarray, np.ndarray], np.ndarray]
+                               ) -> dict[str, float]:
+    """Accuracy per setting when the pipeline decides with its own fixed threshold (a missing face: 'different')."""
+    ia, ib, same, _ = pair_index(pairs, sub["path"])
+    acc = {}
+    for setting, (ma, mb) in SETTINGS.items():
+        says = same_if(r["emb"][ma][ia], r["emb"][mb][ib]) & r["found"][ma][ia] & r["found"][mb][ib]
+        acc[setting] = float(np.mean(says == same))
+    return acc
 
 
 def main() -> None:
@@ -57,6 +102,8 @@ def main() -> None:
     ap.add_argument("--masks", type=Path, required=True)
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--folds", default="9-10")
+    ap.add_argument("--baseline", choices=["face_recognition"], help="also run this library on the same frames")
+    ap.add_argument("--threads", type=int, help="ONNX Runtime threads for our detector and model (default: all cores)")
     ap.add_argument("--out", type=Path, default=fc.CACHE_ROOT / "eval" / "end_to_end")
     a = ap.parse_args()
     lo, _, hi = a.folds.partition("-")
@@ -70,20 +117,36 @@ def main() -> None:
                              "mask seeds; build it with `maskfr train` (all of LFW) first")
         rows = np.flatnonzero(np.isin(z["path"], need))
         sub = {k: z[k][rows] for k in ("path", "img112", "img112_masked", "found", "found_masked", "box", "box_masked")}
-    rec = FaceRecognizer(a.model, backend="cpu")
-    emb = runtime_embeddings(rec, sub["path"].tolist(), rows, MaskSynth(a.masks))
+    rec = FaceRecognizer(a.model, backend="cpu", threads=a.threads)
+    name = a.model.stem
+    pipelines, dim = {name: maskfr_pipeline(rec)}, {name: rec.new_gallery().dim}
+    if a.baseline:
+        pipelines[a.baseline], dim[a.baseline] = face_recognition_pipeline(), 128
+    runs = run_pipelines(pipelines, sub["path"].tolist(), rows, MaskSynth(a.masks), dim)
     lines = list(TABLE_HEADER)
     oracle = onnx_embedder(a.model)(sub)
-    name = a.model.stem
     lines += markdown_rows(evaluate(oracle, sub, pairs, a.out, f"{name}, oracle alignment (dlib, unmasked image)"))
-    # detection as found by the runtime replaces dlib's in the end-to-end column
-    run = dict(sub, found=emb[False][1], found_masked=emb[True][1], box_masked=sub["box"])
-    rep = evaluate(lambda m: l2n(emb[m][0]), run, pairs, a.out, f"{name}, FaceRecognizer (MTCNN)")
-    lines += markdown_rows(rep)
-    d = rep["detection"]
-    print(f"runtime detection (MTCNN): unmasked {d['found_unmasked']}/{d['images']}, "
-          f"masked {d['found_masked']}/{d['found_unmasked']} ({100 * d['rate_masked']:.1f} %)")
+    summary = ["| pipeline | faces found unmasked / masked | accuracy % at its default threshold (u-u / m-u / m-m) "
+               "| ms/image unmasked / masked (median) |", "|---|---|---|---|"]
+    for k, r in runs.items():
+        # the pipeline's own detection replaces dlib's in the end-to-end column
+        run = dict(sub, found=r["found"][False], found_masked=r["found"][True], box_masked=sub["box"])
+        label = f"{name}, FaceRecognizer (MTCNN)" if k == name else f"{k} (HOG + dlib ResNet)"
+        rep = evaluate(lambda m, r=r: l2n(r["emb"][m]), run, pairs, a.out, label)
+        lines += markdown_rows(rep)
+        if k == name:
+            thr = rec.threshold
+            acc = default_threshold_accuracy(r, sub, pairs, lambda x, y: np.sum(x * y, axis=1) >= thr)
+            rule = f"similarity >= {thr:.4f}"
+        else:
+            acc = default_threshold_accuracy(r, sub, pairs, lambda x, y: np.linalg.norm(x - y, axis=1) <= 0.6)
+            rule = "distance <= 0.6"
+        ms = [1e3 * float(np.median(r["seconds"][m])) for m in (False, True)]
+        found = f"{r['found'][False].sum()} / {r['found'][True].sum()} of {sub['found'].sum()}"
+        summary.append(f"| {label} | {found} | "
+                       f"{' / '.join(f'{100 * acc[s]:.2f}' for s in SETTINGS)} ({rule}) | {ms[0]:.1f} / {ms[1]:.1f} |")
     print("\n".join(lines))
+    print("\n".join(summary))
 
 
 if __name__ == "__main__":

@@ -227,7 +227,7 @@ def test_shipped_mask_classifier_loads():
 def cli(monkeypatch, model, capsys):
     import maskfr.recognizer as r
     from maskfr.cli import main
-    monkeypatch.setattr(r, "_default_detector", MarkerDetector)
+    monkeypatch.setattr(r, "_default_detector", lambda threads=None: MarkerDetector())
 
     def run(*args):
         rc = main([str(a) for a in args] + ["--model", str(model), "--json"])

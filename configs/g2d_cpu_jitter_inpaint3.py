@@ -1,4 +1,5 @@
-"""The packaged recipe (configs/g2d_cpu_jitter.py) on the 6x longer inpainting stage of g2d_cpu_inpaint3.py.
+"""The recipe of configs/g2d_cpu_jitter.py (packaged until 2026-12-02) on the 6x longer inpainting stage
+of g2d_cpu_inpaint3.py.
 
 Same settings and seed as g2d_cpu_inpaint3.py up to the end of the inpainting stage, so that stage's file
 can be copied into this run's folder instead of being trained again (~40 minutes on 2 CPU cores).

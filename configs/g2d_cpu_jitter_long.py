@@ -1,8 +1,9 @@
-"""configs/g2d_cpu_jitter.py with 5x longer reformer and 2.5x longer classifier stages (~25 CPU minutes).
+"""The packaged recipe (since 2026-12-02): configs/g2d_cpu_jitter.py with 5x longer reformer and 2.5x longer
+classifier stages, about 22 minutes of training on 2 CPU cores.
 
 Same settings and seed as g2d_cpu.py up to the end of the inpainting stage (so the same weights there).
-Asks whether the packaged recipe was still short of steps: its reformer stage (one epoch) ended with the
-instance loss still falling.
+configs/g2d_cpu_jitter.py's reformer stage (one epoch) ended with the instance loss still falling; these
+longer stages gain mostly at strict FAR (benchmarks/RESULTS.md, "G2D training", run 10).
 """
 import runpy
 from pathlib import Path

@@ -8,8 +8,8 @@ exactly this:
 * Pixel centres sit at integer coordinates (OpenCV convention): the crop pixel
   ``(x, y)`` samples the frame at ``M^-1 @ (x, y, 1)``.
 * ``cv2.warpAffine(frame, M, (size, size), flags=INTER_LINEAR,
-  borderMode=BORDER_CONSTANT, borderValue=0)`` on the uint8 frame: OpenCV >= 4.11
-  computes 8-bit bilinear warps in float32 (the inverse matrix cast to float, blend
+  borderMode=BORDER_CONSTANT, borderValue=0)`` on the uint8 frame, with Intel IPP off: OpenCV
+  >= 4.11 computes 8-bit bilinear warps in float32 (the inverse matrix cast to float, blend
   by FMAs, round-half-even to uint8; ``cpp_ext/src/warp_math.h`` reproduces it bit
   for bit); taps outside the frame read 0 (black).
 * Network input: RGB, ``(x - 127.5) / 127.5``, NCHW float32.
@@ -60,11 +60,23 @@ def template(size: int = 112) -> np.ndarray:
 
 
 def warp_face(frame: np.ndarray, matrix: np.ndarray, size: int = 112) -> np.ndarray:
-    """Warp a uint8 HxWxC frame into a size x size crop with the canonical settings."""
-    return cv2.warpAffine(
-        frame, np.asarray(matrix, np.float64), (size, size),
-        flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0,
-    )
+    """Warp a uint8 HxWxC frame into a size x size crop with the canonical settings.
+
+    Intel IPP is switched off for the call (OpenCV keeps that switch per thread; it is restored after):
+    OpenCV 5.1 hands 8-bit bilinear warpAffine to IPP on x86, whose double-precision coordinates land one
+    grey level away from OpenCV's own float32 kernel in about 1 pixel in 800. The canonical alignment is
+    OpenCV's own kernel, the same on every CPU and OpenCV >= 4.11, which the training caches and
+    ``maskfr._ext`` follow.
+    """
+    ipp = cv2.ipp.useIPP()
+    cv2.ipp.setUseIPP(False)
+    try:
+        return cv2.warpAffine(
+            frame, np.asarray(matrix, np.float64), (size, size),
+            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0,
+        )
+    finally:
+        cv2.ipp.setUseIPP(ipp)
 
 
 def align_face(frame: np.ndarray, landmarks5: np.ndarray, size: int = 112) -> np.ndarray:

@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 
@@ -60,3 +61,25 @@ def test_warp_face_matches_rotation_of_landmarks():
     crop = warp_face(frame, M)
     y, x = np.unravel_index(np.argmax(crop[..., 0]), crop.shape[:2])
     assert abs(x - ARCFACE_112[2, 0]) <= 2 and abs(y - ARCFACE_112[2, 1]) <= 2
+
+
+def test_warp_face_is_opencvs_own_kernel_and_restores_the_ipp_switch():
+    """OpenCV 5.1 routes this warp to Intel IPP on x86 (1 grey level off in ~1 pixel in 800); the canonical
+    alignment runs OpenCV's own kernel, and leaves the caller's (per-thread) IPP setting as it was."""
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    m = similarity_transform(template(112) * 0.8 + (30, 5), template(112))
+    m[:, :2] = m[:, :2] @ np.array([[0.96, -0.28], [0.28, 0.96]])  # a rotation: non-trivial sub-pixel taps
+    before = cv2.ipp.useIPP()
+    try:
+        for ipp in (True, False):
+            cv2.ipp.setUseIPP(ipp)
+            setting = cv2.ipp.useIPP()  # False whatever was asked when OpenCV was built without IPP
+            got = warp_face(frame, m)
+            assert cv2.ipp.useIPP() == setting
+            cv2.ipp.setUseIPP(False)
+            want = cv2.warpAffine(frame, m, (112, 112), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                  borderValue=0)
+            np.testing.assert_array_equal(got, want)
+    finally:
+        cv2.ipp.setUseIPP(before)

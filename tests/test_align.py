@@ -64,7 +64,7 @@ def test_warp_face_matches_rotation_of_landmarks():
 
 
 def test_warp_face_is_opencvs_own_kernel_and_restores_the_ipp_switch():
-    """OpenCV 5.1 routes this warp to Intel IPP on x86 (1 grey level off in ~1 pixel in 800); the canonical
+    """OpenCV 5.1 routes this warp to Intel IPP on x86 (1 grey level off in 1 of 800-5,000 samples); the canonical
     alignment runs OpenCV's own kernel, and leaves the caller's (per-thread) IPP setting as it was."""
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)

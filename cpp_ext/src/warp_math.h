@@ -12,7 +12,7 @@
 //   * round half to even, saturate to uint8.
 // This was checked bit-exact against cv2 5.0.0 on millions of pixels (tests/test_ext.py keeps
 // checking it). OpenCV 5.1 on x86 hands this warp to Intel IPP (coordinates in double, one grey level
-// off in ~1 pixel in 800) unless IPP is switched off, as maskfr.align.warp_face does; with IPP off,
+// off in 1 of 800 to 5,000 samples) unless IPP is switched off, as maskfr.align.warp_face does; with IPP off,
 // 5.1 runs the kernel above and matches bit for bit too. Every float operation below is spelled out so the compiler cannot re-associate or
 // fuse it (the CPU build also uses -ffp-contract=off).
 #pragma once

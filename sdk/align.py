@@ -63,10 +63,10 @@ def warp_face(frame: np.ndarray, matrix: np.ndarray, size: int = 112) -> np.ndar
     """Warp a uint8 HxWxC frame into a size x size crop with the canonical settings.
 
     Intel IPP is switched off for the call (OpenCV keeps that switch per thread; it is restored after):
-    OpenCV 5.1 hands 8-bit bilinear warpAffine to IPP on x86, whose double-precision coordinates land one
-    grey level away from OpenCV's own float32 kernel in 1 of 800 to 1 of 5,000 samples. The canonical alignment is
-    OpenCV's own kernel, the same on every CPU and OpenCV >= 4.11, which the training caches and
-    ``maskfr._ext`` follow.
+    OpenCV 5.1 hands 8-bit bilinear warpAffine to IPP on x86, whose double-precision coordinates land
+    one grey level away from OpenCV's own float32 kernel in 1 of 800 to 1 of 5,000 samples. The
+    canonical alignment is OpenCV's own kernel, the same on every CPU and OpenCV >= 4.11, which the
+    training caches and ``maskfr._ext`` follow.
     """
     ipp = cv2.ipp.useIPP()
     cv2.ipp.setUseIPP(False)

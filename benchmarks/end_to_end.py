@@ -85,7 +85,7 @@ def run_pipelines(pipelines: dict[str, Pipeline], paths: list[str], index: np.nd
     return out
 
 
-def default_threshold_accuracy(r: dict, sub: dict, pairs: list, same_if: Callable[[np.ndarray, np.ndarray], np.ndarray]
+def fixed_threshold_accuracy(r: dict, sub: dict, pairs: list, same_if: Callable[[np.ndarray, np.ndarray], np.ndarray]
                                ) -> dict[str, float]:
     """Accuracy per setting when the pipeline decides with its own fixed threshold (a missing face: 'different')."""
     ia, ib, same, _ = pair_index(pairs, sub["path"])
@@ -142,7 +142,7 @@ def main() -> None:
         ms = [1e3 * float(np.median(r["seconds"][m])) for m in (False, True)]
         found = f"{r['found'][False].sum()} / {r['found'][True].sum()} of {sub['found'].sum()}"
         for rule, same_if in rules.items():
-            acc = default_threshold_accuracy(r, sub, pairs, same_if)
+            acc = fixed_threshold_accuracy(r, sub, pairs, same_if)
             summary.append(f"| {label} | {found} | {' / '.join(f'{100 * acc[s]:.2f}' for s in SETTINGS)} ({rule}) | "
                            f"{ms[0]:.1f} / {ms[1]:.1f} |")
     print("\n".join(lines))

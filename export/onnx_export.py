@@ -121,14 +121,11 @@ def sha256(path: str | os.PathLike) -> str:
 
 def ort_session(path: str | os.PathLike, threads: int | None = None,
                 providers: Sequence[str] = ("CPUExecutionProvider",), spin: bool = True) -> "onnxruntime.InferenceSession":
-    """``spin=False`` stops idle worker threads from spinning: sessions timed in turn then don't slow each other."""
+    """A CPU session on :func:`maskfr.backends.session_options` (``threads``, ``spin``)."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    if not spin:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    from maskfr.backends import session_options
+    opts = session_options(threads, spin)
     opts.log_severity_level = 3
     return ort.InferenceSession(os.fspath(path), opts, providers=list(providers))
 

@@ -61,6 +61,19 @@ def _check_io(where: str, in_shape: tuple, out_shape: tuple, size: int) -> None:
         raise ModelShapeError(f"{where}: output shape {tuple(out_shape)} is not (N, embedding_size)")
 
 
+def session_options(threads: int | None = None, spin: bool = True) -> Any:
+    """ONNX Runtime options shared by every session maskfr opens: ``threads`` intra-op threads (default: one
+    per core); ``spin=False`` stops idle worker threads from spinning, so sessions timed in turn don't slow
+    each other."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
 def available_backends() -> list[str]:
     """Backends usable in this process, fastest first."""
     names = []
@@ -108,11 +121,8 @@ class OnnxRunner:
                 raise BackendUnavailable("backend 'cuda' needs onnxruntime-gpu with a CUDA device; "
                                          f"available providers: {ort.get_available_providers()}")
             providers.insert(0, "CUDAExecutionProvider")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=providers)
+            self.session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise ValueError(f"cannot load ONNX model {path}: {exc}") from None
         self.name = "cuda" if cuda else "cpu"

@@ -167,13 +167,13 @@ class FaceDetector:
     def _run(self, name: str, x: np.ndarray) -> list[np.ndarray]:
         if name not in self._sessions:  # created on first use: constructing a detector stays cheap
             import onnxruntime as ort
+
+            from maskfr.backends import session_options
             path = self.models_dir / f"mtcnn_{name}.onnx"
             if not path.is_file():
                 raise FileNotFoundError(f"{path} missing (the MTCNN nets ship in maskfr/models)")
-            opts = ort.SessionOptions()
-            if self.threads:
-                opts.intra_op_num_threads = self.threads
-            self._sessions[name] = ort.InferenceSession(str(path), opts, providers=self._providers())
+            self._sessions[name] = ort.InferenceSession(str(path), session_options(self.threads),
+                                                        providers=self._providers())
         return self._sessions[name].run(None, {"input": x})
 
     # -- stages ------------------------------------------------------------------------------

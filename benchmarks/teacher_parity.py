@@ -67,9 +67,9 @@ def chips_for(paths: list[str], fallback: bool) -> tuple[list[str], np.ndarray, 
 
 def ort_session(onnx_path: str):
     import onnxruntime as ort
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
+
+    from maskfr.backends import session_options
+    return ort.InferenceSession(onnx_path, session_options(), providers=["CPUExecutionProvider"])
 
 
 def ort_embed(sess, chips: np.ndarray, batch: int = 32) -> np.ndarray:

@@ -102,7 +102,8 @@ def cmd_export_triton(a: argparse.Namespace) -> int:
 def add_export_commands(sub: argparse._SubParsersAction) -> None:
     """Add the export sub-commands to ``maskfr``'s sub-parsers."""
     e = sub.add_parser("export", help="export a trained student checkpoint to ONNX (metadata, parity vs torch)")
-    e.add_argument("ckpt", help="checkpoint saved by training ({'model': state_dict, 'config', 'git_rev', 'stage'})")
+    e.add_argument("ckpt", help="checkpoint saved by training ({'model': state_dict, 'config', 'git_rev', 'stage'}), "
+                   "or an exported .onnx to re-export with this exporter (weights and metadata carry over)")
     e.add_argument("-o", "--output", default="model.onnx")
     e.add_argument("--opset", type=int, default=17)
     e.add_argument("--meta", nargs="*", default=[], metavar="KEY=VALUE", help="extra/overriding metadata")

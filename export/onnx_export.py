@@ -46,8 +46,8 @@ MIN_COSINE = 0.9999
 def load_student(model_or_ckpt: "nn.Module | str | os.PathLike") -> tuple["nn.Module", dict[str, Any]]:
     """The student in eval mode plus what is known about it (config, git_rev, stage).
 
-    Accepts a module or a training checkpoint: ``torch.save({"model": state_dict,
-    "config": dict, "git_rev": str, "stage": str})``.
+    Accepts a module, a training checkpoint (``torch.save({"model": state_dict, "config": dict,
+    "git_rev": str, "stage": str})``) or an exported ``.onnx`` file, whose metadata then carries over.
     """
     import torch
     from torch import nn
@@ -57,6 +57,8 @@ def load_student(model_or_ckpt: "nn.Module | str | os.PathLike") -> tuple["nn.Mo
     from maskfr.training.models import create_student
 
     path = Path(model_or_ckpt)
+    if path.suffix == ".onnx":
+        return _student_from_onnx(path), {"checkpoint": path.name, "metadata": read_metadata(path)}
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise ValueError(f"{path}: not a maskfr checkpoint (expected a dict with a 'model' state_dict)")
@@ -66,6 +68,51 @@ def load_student(model_or_ckpt: "nn.Module | str | os.PathLike") -> tuple["nn.Mo
     info = {"checkpoint": path.name, "config": ckpt.get("config", {}), "git_rev": ckpt.get("git_rev", ""),
             "stage": ckpt.get("stage", "")}
     return model.eval(), info
+
+
+def _module_path(node_name: str) -> str:
+    """TorchScript node scope -> module path: ``/encoder/level/level.0/aff1/Mul`` -> ``encoder.level.0.aff1``."""
+    parts = node_name.strip("/").split("/")[:-1]
+    return ".".join(p for p, nxt in zip(parts, parts[1:] + [""]) if not nxt.startswith(p + "."))
+
+
+def _student_from_onnx(path: Path) -> "nn.Module":
+    """The student's weights read back from an exported ONNX file (say, to re-export a released model with
+    a newer exporter when its checkpoint is gone). Named initializers map directly; the Affine scales and
+    biases and the final linear layer, which the exporter stores unnamed, map through their node's scope.
+    A file whose input affine was folded into the first conv gets an identity affine: the same function."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    from maskfr.training.models import create_student
+
+    proto = onnx.load(os.fspath(path))
+    arrays = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    state = {k: v for k, v in arrays.items() if not k.startswith("onnx::")}
+    for node in proto.graph.node:
+        const = node.input[1] if len(node.input) > 1 and node.input[1] in arrays else None
+        if const is None or not const.startswith("onnx::"):
+            continue
+        module, value = _module_path(node.name), arrays[const]
+        if node.op_type == "Mul":
+            state[module + ".weight"] = value.reshape(-1)
+        elif node.op_type == "Add":
+            state[module + ".bias"] = value.reshape(-1)
+        elif node.op_type == "MatMul":
+            state[module + ".weight"] = value.T
+    if "encoder.in_scale" not in state:
+        state["encoder.in_scale"], state["encoder.in_shift"] = np.float32(1.0), np.zeros((1, 3, 1, 1), np.float32)
+    model = create_student(pretrained=False)
+    missing, extra = sorted(set(model.state_dict()) - set(state)), sorted(set(state) - set(model.state_dict()))
+    if missing or extra:
+        raise ValueError(f"{path}: not a maskfr student ONNX file (weights missing: {missing[:3]}, "
+                         f"unknown: {extra[:3]})")
+    try:
+        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+    except RuntimeError as e:  # a shape mismatch: another architecture
+        raise ValueError(f"{path}: not a maskfr student ONNX file ({' '.join(str(e).split())[:300]})") from e
+    return model.eval()
 
 
 def default_metadata(info: dict[str, Any] | None = None) -> dict[str, str]:
@@ -232,6 +279,60 @@ def _slim(path: str, faces: np.ndarray, min_cosine: float, verbose: bool) -> dic
     return {"kept": rep["passed"], "min_cosine": rep["min_cosine"]}
 
 
+def fold_input_affine(proto: Any) -> int:
+    """Fold ``Conv(x * a + b)`` into the conv's weights and bias, in place; returns how many were folded.
+
+    The student's input normalisation (``in_scale``, ``in_shift``) runs as a Mul and an Add on the whole
+    150x150 chip right before the first conv; ONNX Runtime fuses affines *after* a conv, not before, and in
+    the INT8 graph the pair costs a DequantizeLinear and a QuantizeLinear too (benchmarks/RESULTS.md). Only
+    convs without padding qualify (with padding, the border windows would see ``b`` where the original
+    sees zeros) and only when ``a``, ``b`` are constants broadcast per input channel.
+    """
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    uses: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+
+    def per_channel(name: str, channels: int) -> np.ndarray | None:
+        if name not in inits:
+            return None
+        v = numpy_helper.to_array(inits[name]).astype(np.float64)
+        if v.size == 1 or (v.ndim == 4 and v.shape == (1, channels, 1, 1)) or v.shape == (channels,):
+            return np.broadcast_to(v.reshape(-1), (channels,))
+        return None
+
+    folded = 0
+    for conv in [n for n in graph.node if n.op_type == "Conv" and len(n.input) == 3]:
+        add = producer.get(conv.input[0])
+        mul = producer.get(add.input[0]) if add is not None and add.op_type == "Add" else None
+        pads = next((list(a.ints) for a in conv.attribute if a.name == "pads"), [0])
+        group = next((a.i for a in conv.attribute if a.name == "group"), 1)
+        if mul is None or mul.op_type != "Mul" or any(pads) or group != 1 or conv.input[1] not in inits \
+                or conv.input[2] not in inits or uses[add.output[0]] != 1 or uses[mul.output[0]] != 1:
+            continue
+        w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+        scale, shift = per_channel(mul.input[1], w.shape[1]), per_channel(add.input[1], w.shape[1])
+        if scale is None or shift is None:
+            continue
+        bias = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) + np.einsum("ochw,c->o", w, shift)
+        inits[conv.input[1]].CopyFrom(numpy_helper.from_array((w * scale[:, None, None]).astype(np.float32),
+                                                              conv.input[1]))
+        inits[conv.input[2]].CopyFrom(numpy_helper.from_array(bias.astype(np.float32), conv.input[2]))
+        conv.input[0] = mul.input[0]
+        graph.node.remove(add)
+        graph.node.remove(mul)
+        folded += 1
+    used = {i for n in graph.node for i in n.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+    return folded
+
+
 def export_onnx(model_or_ckpt: "nn.Module | str | os.PathLike", path: str | os.PathLike, opset: int = OPSET,
                 metadata: dict[str, str] | None = None, simplify: bool = True, faces: np.ndarray | None = None,
                 min_cosine: float = MIN_COSINE, verbose: bool = True) -> dict[str, Any]:
@@ -253,8 +354,10 @@ def export_onnx(model_or_ckpt: "nn.Module | str | os.PathLike", path: str | os.P
     report: dict[str, Any] = {"path": path, "opset": opset, "faces": source}
     if simplify:
         report["onnxslim"] = _slim(path, faces, min_cosine, verbose)
-    proto = onnx.shape_inference.infer_shapes(onnx.load(path), check_type=True, strict_mode=True)
-    set_metadata(proto, {**default_metadata(info), **(metadata or {})})
+    proto = onnx.load(path)
+    report["folded_input_affines"] = fold_input_affine(proto)
+    proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    set_metadata(proto, {**default_metadata(info), **info.get("metadata", {}), **(metadata or {})})
     proto.producer_name = "maskfr"
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, path)
@@ -268,5 +371,5 @@ def export_onnx(model_or_ckpt: "nn.Module | str | os.PathLike", path: str | os.P
 
 
 __all__ = ["EMBED_DIM", "INPUT_NAME", "MIN_COSINE", "OPSET", "OUTPUT_NAME", "compare", "default_metadata",
-           "export_onnx", "load_student", "ort_embed", "ort_session", "parity_faces", "read_metadata",
-           "set_metadata", "sha256", "torch_embed"]
+           "export_onnx", "fold_input_affine", "load_student", "ort_embed", "ort_session", "parity_faces",
+           "read_metadata", "set_metadata", "sha256", "torch_embed"]

@@ -73,6 +73,72 @@ def test_export_checker_metadata_and_parity(models):
     assert ox.compare(ref, ox.ort_embed(sess, models["faces"]), verbose=False)["passed"]
 
 
+def _affine_conv_model(pads: int) -> "onnx.ModelProto":
+    """x -> x * a + b (per channel) -> Conv 3x3 with ``pads``: the pattern fold_input_affine looks for."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in {
+        "a": rng.uniform(0.5, 2, (1, 3, 1, 1)), "b": rng.normal(0, 1, (1, 3, 1, 1)),
+        "w": rng.normal(0, 1, (4, 3, 3, 3)), "wb": rng.normal(0, 1, 4)}.items()]
+    nodes = [helper.make_node("Mul", ["x", "a"], ["xa"], name="mul"), helper.make_node("Add", ["xa", "b"], ["xb"], name="add"),
+             helper.make_node("Conv", ["xb", "w", "wb"], ["y"], name="conv", pads=[pads] * 4)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, None, None])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("pads", [0, 1])
+def test_fold_input_affine_is_exact_and_skips_padded_convs(tmp_path, pads):
+    import onnxruntime as ort
+
+    proto = _affine_conv_model(pads)
+    x = np.random.default_rng(1).normal(0, 1, (1, 3, 8, 8)).astype(np.float32)
+    run = lambda p: ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    before = run(proto)
+    assert ox.fold_input_affine(proto) == (1 if pads == 0 else 0)
+    assert [n.op_type for n in proto.graph.node] == (["Conv"] if pads == 0 else ["Mul", "Add", "Conv"])
+    onnx.checker.check_model(proto)
+    np.testing.assert_allclose(run(proto), before, rtol=1e-5, atol=1e-5)
+
+
+def test_export_folds_the_students_input_normalisation(models):
+    assert models["report"]["folded_input_affines"] == 1
+    ops = [n.op_type for n in onnx.load(models["fp32"]).graph.node]
+    assert "Mul" not in ops[:ops.index("Conv")]  # the first Conv reads the padded chip directly
+
+
+def test_reexport_from_onnx_keeps_weights_and_metadata(tmp_path, models):
+    """A released ONNX file re-exported with this exporter: same weights (every Affine mapped back to its
+    module), same function, same metadata; a foreign ONNX file is refused by name."""
+    from maskfr.training.models import create_student
+
+    torch.manual_seed(1)
+    student = create_student(pretrained=False)
+    with torch.no_grad():  # distinct values everywhere, so a weight mapped to the wrong module shows
+        for t in list(student.parameters()) + [student.reformer.center]:
+            t.add_(torch.randn_like(t) * 0.05)
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    ox.export_onnx(student, a, faces=models["faces"], simplify=False, verbose=False, metadata={"model_version": "rt-1"})
+    model, info = ox.load_student(a)
+    assert info["metadata"]["model_version"] == "rt-1"
+    folded = {"encoder.conv.weight", "encoder.conv.bias", "encoder.in_scale", "encoder.in_shift"}
+    for k, v in student.state_dict().items():
+        if k not in folded:
+            assert torch.equal(model.state_dict()[k], v), k
+    x = torch.from_numpy(ox.to_input(models["faces"]))
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), student(x), rtol=0, atol=1e-5)
+    rep = ox.export_onnx(a, b, faces=models["faces"], simplify=False, verbose=False)
+    assert rep["parity"]["passed"] and rep["folded_input_affines"] == 1  # the identity affine, folded away again
+    assert ox.read_metadata(b) == ox.read_metadata(a)
+    assert ox.compare(ox.ort_embed(a, models["faces"]), ox.ort_embed(b, models["faces"]), verbose=False)["passed"]
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(_affine_conv_model(0), foreign)
+    with pytest.raises(ValueError, match="not a maskfr student ONNX file"):
+        ox.load_student(foreign)
+
+
 def test_export_from_checkpoint(tmp_path, models):
     ckpt = tmp_path / "final.pt"
     torch.save({"model": models["student"].state_dict(), "config": {"training_data": "CelebA subset"},

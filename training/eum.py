@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskfr.training.teacher import OnnxTeacher
+
 EMBED_DIM = 128
 CACHE_DIR = Path.home() / ".cache" / "maskfr"
 
@@ -98,18 +100,6 @@ class EmbeddingPairs:
     labels: np.ndarray  # (N,) int64
 
 
-def _teacher(threads: int = 1):
-    """The ONNX teacher with a thread cap (the training machine shares its cores)."""
-    import onnxruntime as ort
-
-    from maskfr.training.teacher import OnnxTeacher
-    teacher = OnnxTeacher()
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = so.inter_op_num_threads = threads
-    teacher.sess = ort.InferenceSession(str(CACHE_DIR / "dlib_teacher.onnx"), so, providers=["CPUExecutionProvider"])
-    return teacher
-
-
 def cached_teacher(chips: np.ndarray, out: Path, threads: int = 1, chunk: int = 512) -> np.ndarray:
     """Unit teacher embeddings of ``chips``, computed in chunks saved as they finish (an interrupted run resumes)."""
     if out.exists():
@@ -121,7 +111,7 @@ def cached_teacher(chips: np.ndarray, out: Path, threads: int = 1, chunk: int = 
         part = parts / f"{start:07d}.npy"
         if part.exists():
             continue
-        teacher = teacher or _teacher(threads)
+        teacher = teacher or OnnxTeacher(threads=threads)  # capped: the training machine shares its cores
         t0 = time.time()
         emb = teacher(chips[start:start + chunk])
         np.save(part.with_suffix(".tmp.npy"), emb / np.linalg.norm(emb, axis=1, keepdims=True))

@@ -37,10 +37,9 @@ class ChipResample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, size=(self.up, self.up), mode="bilinear", align_corners=False)
-        pad_b = max(0, self.oy + self.size - self.up)
-        pad_r = max(0, self.ox + self.size - self.up)
-        x = F.pad(x, (0, pad_r, 0, pad_b))
-        return x[:, :, self.oy:self.oy + self.size, self.ox:self.ox + self.size]
+        # crop, then zero-pad what lies past the upscaled image: padding the smaller tensor costs less
+        x = x[:, :, self.oy:self.oy + self.size, self.ox:self.ox + self.size]
+        return F.pad(x, (0, max(0, self.ox + self.size - self.up), 0, max(0, self.oy + self.size - self.up)))
 
 
 class DilatedBlock(nn.Module):

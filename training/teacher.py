@@ -297,10 +297,11 @@ class OnnxTeacher:
     The ONNX file is exported once from dlib's model file and cached (``~/.cache/maskfr`` by default).
     """
 
-    def __init__(self, onnx_path: str | os.PathLike | None = None, batch_size: int = 64):
+    def __init__(self, onnx_path: str | os.PathLike | None = None, batch_size: int = 64, threads: int | None = None):
         import onnxruntime as ort
         from pathlib import Path
 
+        from maskfr.backends import session_options
         from maskfr.export.teacher_onnx import export_teacher
         path = Path(onnx_path) if onnx_path else Path.home() / ".cache" / "maskfr" / "dlib_teacher.onnx"
         if not path.exists():
@@ -308,7 +309,7 @@ class OnnxTeacher:
             tmp = path.with_suffix(".tmp.onnx")
             export_teacher(tmp)
             tmp.replace(path)
-        self.sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.sess = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
         self.batch_size = batch_size
 
     def __call__(self, chips: np.ndarray) -> np.ndarray:

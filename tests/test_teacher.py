@@ -11,6 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import torch.nn.functional as F  # noqa: E402
+
 from maskfr.training.dlib_format import DlibFormatError, Reader, read_network  # noqa: E402
 from maskfr.training.teacher import DlibResNet, add_prev  # noqa: E402
 
@@ -154,6 +156,9 @@ def test_add_prev_pads_top_left():
     assert out.shape == (1, 2, 2, 2)
     assert out[0, 0].tolist() == [[11, 10], [10, 10]]
     assert out[0, 1].tolist() == [[1, 0], [0, 0]]
+    # channels are padded by an identity-embedding 1x1 conv: exactly the zero padding it replaces
+    a, b = torch.randn(2, 8, 3, 3), torch.randn(2, 4, 4, 4)
+    assert torch.equal(add_prev(a, b), F.pad(a, (0, 1, 0, 1)) + F.pad(b, (0, 0, 0, 0, 0, 4)))
 
 
 # ---------------------------------------------------------------- parity with real dlib on real faces

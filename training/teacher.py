@@ -50,13 +50,23 @@ class Affine(nn.Module):
 
 
 def add_prev(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """dlib's ``add_prev_``: sum after zero-padding both to the larger C/H/W (top-left aligned)."""
+    """dlib's ``add_prev_``: sum after zero-padding both to the larger C/H/W (top-left aligned).
+
+    Channels are padded by a 1x1 convolution with an identity-embedding kernel, not a Pad: the same numbers
+    (exact in float), but an op ONNX Runtime runs in INT8 and in its NHWC layout, where a channel Pad costs
+    layout transposes and a dequantize/quantize pair (benchmarks/RESULTS.md). Sizes are Python ints so the
+    exported graph holds constants, not shape arithmetic.
+    """
     if a.shape[1:] == b.shape[1:]:
         return a + b
-    c, h, w = (max(a.shape[i], b.shape[i]) for i in (1, 2, 3))
+    c, h, w = (int(max(a.shape[i], b.shape[i])) for i in (1, 2, 3))
 
     def pad(t: torch.Tensor) -> torch.Tensor:
-        return F.pad(t, (0, w - t.shape[3], 0, h - t.shape[2], 0, c - t.shape[1]))
+        if int(t.shape[1]) < c:
+            t = F.conv2d(t, torch.eye(c, int(t.shape[1]), dtype=t.dtype, device=t.device)[:, :, None, None])
+        if (int(t.shape[2]), int(t.shape[3])) != (h, w):
+            t = F.pad(t, (0, w - int(t.shape[3]), 0, h - int(t.shape[2])))
+        return t
     return pad(a) + pad(b)
 
 

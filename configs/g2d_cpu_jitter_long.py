@@ -1,5 +1,5 @@
-"""The packaged recipe (since 2026-12-02): configs/g2d_cpu_jitter.py with 5x longer reformer and 2.5x longer
-classifier stages, about 22 minutes of training on 2 CPU cores.
+"""configs/g2d_cpu_jitter.py with 5x longer reformer and 2.5x longer classifier stages, about 22 minutes of
+training on 2 CPU cores (run 10; packaged on 2026-12-02, then with WiSE-FT: configs/g2d_cpu_jitter_long_wise.py).
 
 Same settings and seed as g2d_cpu.py up to the end of the inpainting stage (so the same weights there).
 configs/g2d_cpu_jitter.py's reformer stage (one epoch) ended with the instance loss still falling; these

@@ -80,7 +80,8 @@ def _student_from_onnx(path: Path) -> "nn.Module":
     """The student's weights read back from an exported ONNX file (say, to re-export a released model with
     a newer exporter when its checkpoint is gone). Named initializers map directly; the Affine scales and
     biases and the final linear layer, which the exporter stores unnamed, map through their node's scope.
-    A file whose input affine was folded into the first conv gets an identity affine: the same function."""
+    A first conv that :func:`fold_input_affine` folded is unfolded again (the input normalisation is fixed),
+    so the weights come back in the parametrisation training uses."""
     import onnx
     import torch
     from onnx import numpy_helper
@@ -101,9 +102,14 @@ def _student_from_onnx(path: Path) -> "nn.Module":
             state[module + ".bias"] = value.reshape(-1)
         elif node.op_type == "MatMul":
             state[module + ".weight"] = value.T
-    if "encoder.in_scale" not in state:
-        state["encoder.in_scale"], state["encoder.in_shift"] = np.float32(1.0), np.zeros((1, 3, 1, 1), np.float32)
     model = create_student(pretrained=False)
+    enc = model.encoder
+    if "encoder.in_scale" not in state and "encoder.conv.bias" in state:  # folded: unfold (the scale is fixed)
+        w = state["encoder.conv.weight"].astype(np.float64) / float(enc.in_scale)
+        shift = enc.in_shift.double().numpy().reshape(-1)
+        state["encoder.conv.bias"] = (state["encoder.conv.bias"] - np.einsum("ochw,c->o", w, shift)).astype(np.float32)
+        state["encoder.conv.weight"] = w.astype(np.float32)
+        state["encoder.in_scale"], state["encoder.in_shift"] = enc.in_scale.numpy(), enc.in_shift.numpy()
     missing, extra = sorted(set(model.state_dict()) - set(state)), sorted(set(state) - set(model.state_dict()))
     if missing or extra:
         raise ValueError(f"{path}: not a maskfr student ONNX file (weights missing: {missing[:3]}, "

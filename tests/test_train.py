@@ -10,7 +10,7 @@ from conftest import draw_face, face_landmarks
 from maskfr.align import similarity_transform, template, warp_face
 from maskfr.training.dlib_models import five_from_68
 from maskfr.training.masks import MaskSynth
-from maskfr.training.train import STAGES, Trainer, TrainSet, load_config, load_inpainter
+from maskfr.training.train import STAGES, Trainer, TrainSet, interpolate_weights, load_config, load_inpainter
 
 
 def _tiny_data(n_ids=4, per=4) -> TrainSet:
@@ -92,6 +92,27 @@ def test_resume_gives_identical_weights(tmp_path, monkeypatch):
     resumed.run_stage("reformer", None)
     for (k, a), b in zip(straight.student.state_dict().items(), resumed.student.state_dict().values()):
         assert torch.equal(a, b), f"{k} differs after resume"
+
+
+def test_wise_alpha_interpolates_the_final_weights_towards_the_start(tmp_path):
+    """cfg["wise_alpha"] = a: final = (1 - a) * start + a * trained (WiSE-FT); a rerun reuses the stages."""
+    torch.set_num_threads(2)
+    data = _tiny_data()
+    cfg = _cfg(epochs=1)
+    cfg["generative_pretraining"] = False
+    plain = Trainer(cfg, data, MaskSynth(None), tmp_path, pretrained=False)
+    start = {k: v.clone() for k, v in plain.student.state_dict().items()}
+    tuned = torch.load(plain.fit(), weights_only=False)["model"]
+    wise = Trainer({**cfg, "wise_alpha": 0.25}, data, MaskSynth(None), tmp_path, pretrained=False)
+    mixed = torch.load(wise.fit(), weights_only=False)["model"]
+    moved = 0
+    for k, v in mixed.items():
+        torch.testing.assert_close(v, 0.75 * start[k] + 0.25 * tuned[k])
+        moved += not torch.equal(start[k], tuned[k])
+    assert moved > 10  # training changed the weights, so the test tells the two ends apart
+    assert all(torch.equal(v, mixed[k]) for k, v in wise.student.state_dict().items())  # what --eval scores
+    with pytest.raises(ValueError, match="wise_alpha"):
+        interpolate_weights(start, tuned, 1.5)
 
 
 def test_max_steps_beyond_one_epoch_is_refused(tmp_path):

@@ -1,4 +1,8 @@
-"""G2D on one GPU: the same recipe, longer stages and bigger batches (relation KD likes big batches)."""
+"""G2D on one GPU: the packaged recipe (alignment jitter, WiSE-FT 0.7; configs/g2d_cpu_jitter_long_wise.py),
+longer stages and bigger batches (relation KD likes big batches). Not run yet (no session has had a GPU): on
+the CPU, classifier stages past 2 epochs learnt the training identities (benchmarks/RESULTS.md, run 11), so
+watch the classifier's cross-entropy and the test pairs before trusting these lengths.
+"""
 config = dict(
     name="g2d_gpu",
     seed=0,
@@ -15,6 +19,8 @@ config = dict(
         classifier=dict(epochs=10, lr_head=1e-2, lr_reformer=1e-5, margin=0.2, scale=30.0, w_kd=1.0,
                         max_steps=None, warmup_steps=100),
     ),
+    align_jitter=dict(p=0.7, rot_deg=5.0, scale=0.06, shift_px=3.0),  # as configs/g2d_cpu_jitter.py
+    wise_alpha=0.7,
     device="cuda",
     threads=16,
     workers=8,

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import torch
 
+from maskfr.export.onnx_export import ort_session
 from maskfr.metrics import best_threshold
 from maskfr.training.data import LFW, data_root
 from maskfr.training.dlib_models import hog_detector, shape_predictor
@@ -63,13 +64,6 @@ def chips_for(paths: list[str], fallback: bool) -> tuple[list[str], np.ndarray, 
         theirs.append(np.asarray(dlib.get_face_chip(rgb, shape, 150, 0.25)))
         ours.append(dlib_chip(rgb, pts))
     return kept, np.stack(theirs), np.stack(ours)
-
-
-def ort_session(onnx_path: str):
-    import onnxruntime as ort
-
-    from maskfr.backends import session_options
-    return ort.InferenceSession(onnx_path, session_options(), providers=["CPUExecutionProvider"])
 
 
 def ort_embed(sess, chips: np.ndarray, batch: int = 32) -> np.ndarray:

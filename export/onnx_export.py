@@ -19,6 +19,7 @@ import json
 import os
 import tempfile
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -299,10 +300,7 @@ def fold_input_affine(proto: Any) -> int:
     graph = proto.graph
     inits = {i.name: i for i in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
-    uses: dict[str, int] = {}
-    for n in graph.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
+    uses = Counter(i for n in graph.node for i in n.input)
 
     def per_channel(name: str, channels: int) -> np.ndarray | None:
         if name not in inits:

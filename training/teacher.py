@@ -62,11 +62,10 @@ def add_prev(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     c, h, w = (int(max(a.shape[i], b.shape[i])) for i in (1, 2, 3))
 
     def pad(t: torch.Tensor) -> torch.Tensor:
-        if int(t.shape[1]) < c:
-            t = F.conv2d(t, torch.eye(c, int(t.shape[1]), dtype=t.dtype, device=t.device)[:, :, None, None])
-        if (int(t.shape[2]), int(t.shape[3])) != (h, w):
-            t = F.pad(t, (0, w - int(t.shape[3]), 0, h - int(t.shape[2])))
-        return t
+        tc, th, tw = (int(n) for n in t.shape[1:])
+        if tc < c:
+            t = F.conv2d(t, torch.eye(c, tc, dtype=t.dtype, device=t.device)[:, :, None, None])
+        return F.pad(t, (0, w - tw, 0, h - th)) if (th, tw) != (h, w) else t
     return pad(a) + pad(b)
 
 

@@ -20,6 +20,10 @@ def cmd_mask(a: argparse.Namespace) -> int:
     return 0
 
 
+# share of MaskTheFace template masks in each --mask-style (the rest are procedural shapes and fills)
+MASK_STYLES = {"mixed": 0.5, "template": 1.0, "procedural": 0.0}
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
     import numpy as np
 
@@ -27,13 +31,18 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from maskfr.training.data import LFW
     from maskfr.training.embedders import dlib_embedder, dlib_port_embedder, onnx_embedder
     from maskfr.training.evaluate import TABLE_HEADER, compare, comparison_rows, evaluate, lfw_pairs, markdown_rows
+    default_cache = "lfw.npz" if a.mask_style == "mixed" else f"lfw-{a.mask_style}.npz"
+    cache_path = Path(a.cache) if a.cache else fc.CACHE_ROOT / default_cache
+    if MASK_STYLES[a.mask_style] > 0 and not a.masks and not cache_path.exists():
+        raise ValueError(f"building the cache with --mask-style {a.mask_style} draws MaskTheFace templates: give their "
+                         "folder with --masks (or use --mask-style procedural)")
     pairs = lfw_pairs(a.lfw, _folds(a.folds))
-    cache_path = Path(a.cache) if a.cache else fc.CACHE_ROOT / "lfw.npz"
     need = sorted({p.a for p in pairs} | {p.b for p in pairs})
     if not cache_path.exists():
         wanted = set(need)
         people = sorted({Path(p).parent.name for p in need})
-        fc.build([s for s in LFW(a.lfw).samples(people) if s.path in wanted], cache_path, a.masks)
+        fc.build([s for s in LFW(a.lfw).samples(people) if s.path in wanted], cache_path, a.masks,
+                 p_template=MASK_STYLES[a.mask_style])
     cache = fc.load(cache_path)
     rows = np.flatnonzero(np.isin(cache["path"], need))
     sub = {k: v[rows] for k, v in cache.items()}
@@ -104,7 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--lfw", required=True, help="LFW root (images_*/, pairs.txt, people.txt)")
     e.add_argument("--masks", help="MaskTheFace templates folder, used when the cache must be built")
     e.add_argument("--folds", default="1-10", help="pairs.txt folds to evaluate, e.g. 6-10")
-    e.add_argument("--cache", help="aligned-face cache (.npz); default ~/.cache/maskfr/lfw.npz")
+    e.add_argument("--mask-style", choices=list(MASK_STYLES), default="mixed",
+                   help="masks drawn on the test faces: half MaskTheFace templates and half procedural (mixed, "
+                   "as in training), or one family only, e.g. to test a model trained without it")
+    e.add_argument("--cache", help="aligned-face cache (.npz); default ~/.cache/maskfr/lfw.npz, or "
+                   "lfw-<style>.npz for a single --mask-style")
     e.add_argument("--out", default="eval_out", help="folder for the JSON report and ROC plot")
     e.add_argument("--baseline", help="a second model (same choices as --model) to compare with on the same "
                    "pairs: accuracy difference per fold and McNemar's exact test on the pairs they decide differently")

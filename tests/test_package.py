@@ -14,6 +14,9 @@ def test_cli_help_and_bad_input_exit_code(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "maskfr.cli", "mask", str(tmp_path / "nope"), str(tmp_path / "o")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+    no_masks = subprocess.run([sys.executable, "-m", "maskfr.cli", "eval", "--lfw", str(tmp_path), "--mask-style",
+                               "template", "--cache", str(tmp_path / "c.npz")], capture_output=True, text=True)
+    assert no_masks.returncode == 2 and "--masks" in no_masks.stderr
 
 
 def test_top_level_names_are_lazy():

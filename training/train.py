@@ -186,7 +186,8 @@ class Trainer:
         if cfg.get("center_teacher", True):  # student and targets share one centring
             self.data = data = centred(data)
             self.student.reformer.center.copy_(torch.from_numpy(data.center))
-        self.start = {k: v.clone() for k, v in self.student.state_dict().items()}  # for cfg["wise_alpha"]
+        self.start = ({k: v.clone() for k, v in self.student.state_dict().items()}  # WiSE-FT's end point
+                      if cfg.get("wise_alpha", 1.0) != 1.0 else None)
         self.decoder = Decoder()
         self.head = CosFaceHead(data.n_classes, s=cfg["stages"]["classifier"]["scale"],
                                 m=cfg["stages"]["classifier"]["margin"])
@@ -370,7 +371,7 @@ def train_from_args(a) -> int:
     cel = fc.load(fc.build(celeba(a.celeba), fc.CACHE_ROOT / "celeba.npz", a.masks)) if a.celeba else None
     data = build_trainset(cfg, lfw_cache, cel, lfw_root, fc.CACHE_ROOT)
     print(f"training faces: {len(data.labels)}, identities: {data.n_classes}")
-    trainer = Trainer(cfg, data, MaskSynth(a.masks), run)
+    trainer = Trainer(cfg, data, MaskSynth(a.masks, cfg.get("p_template", 0.5)), run)
     final = trainer.fit()
     print(f"checkpoint: {final}")
     trainer.student.cpu()  # evaluation below runs on the CPU

@@ -28,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from maskfr.cli import MASK_STYLES
 from maskfr.detector import MODELS_DIR, FaceDetector, box_iou
 
 CACHE = Path.home() / ".cache" / "maskfr"
@@ -130,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
                          "plus the package's nets)")
     ap.add_argument("--thresholds", action="append", default=[], metavar="P/R/O",
                     help="also run the package nets with these stage thresholds (repeatable), e.g. 0.6/0.5/0.5")
+    ap.add_argument("--mask-style", choices=list(MASK_STYLES), default="mixed",
+                    help="mask family drawn on the faces (as `maskfr eval --mask-style`)")
     ap.add_argument("--timing-frames", type=int, default=20)
     ap.add_argument("--no-hog", action="store_true", help="leave out dlib's HOG detector (the slowest row)")
     ap.add_argument("--heldout", metavar="CELEBA", help="leave out the images `mtcnn prepare` trains on "
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         exclude = set(training_paths(args.lfw, args.heldout))
     paths = sample_paths(args.lfw, args.n, args.seed, folds, exclude)
     refs = references(paths)
-    synth = MaskSynth(args.masks)
+    synth = MaskSynth(args.masks, MASK_STYLES[args.mask_style])
     stats = {k: {c: {"found": [], "err": [], "err_corners": [], "unmatched": 0} for c in ("unmasked", "masked")}
              for k in detectors}
     for i, (p, ref) in enumerate(zip(paths, refs)):
@@ -187,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
 
     n_ref = sum(r is not None for r in refs)
     print(f"LFW folds {args.folds}: {len(paths)} images (seed {args.seed}), {n_ref} with a dlib reference "
-          f"(unmasked HOG box nearest the centre); masked = MaskSynth seeded by image index\n")
+          f"(unmasked HOG box nearest the centre); masked = MaskSynth ({args.mask_style}) seeded by image index\n")
     print("| detector | found unmasked | found masked | 5-pt err unmasked | 5-pt err masked "
           "| 5-pt err, outer eye corners, unmasked / masked "
           "| unmatched dets /100 img (unmasked / masked) | ms/frame 640x480 |")

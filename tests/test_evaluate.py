@@ -90,3 +90,25 @@ def test_recommended_thresholds_pool_masked_and_unmasked():
     assert rep["impostor_pairs"] == len(impostor) and rep["genuine_pairs"] == int((lab[i] == lab[j]).sum())
     assert (impostor >= thr["far=1e-3"]).mean() <= 1e-3 + 1e-4  # thresholds are rounded to 4 decimals
     assert (impostor >= thr["far=1e-2"]).mean() <= 1e-2 + 1e-4
+
+
+def test_embedding_cache_keyed_by_pixels(tmp_path, monkeypatch):
+    """Two caches of the same images with other masks drawn must not share cached embeddings."""
+    from maskfr.training import embedders
+    monkeypatch.setattr(embedders, "CACHE_DIR", tmp_path)
+    paths = np.array(["/x/a.jpg", "/x/b.jpg"])
+    first = {"path": paths, "chip150_masked": np.array([[[10, 20]], [[10, 20]]], np.uint8)}
+    other = {"path": paths, "chip150_masked": np.array([[[10, 20]], [[20, 10]]], np.uint8)}
+    calls = []
+
+    def compute(chips):
+        calls.append(len(chips))
+        return chips.reshape(len(chips), -1).astype(np.float32)
+
+    a = embedders._cached("t", first, compute, "chip150_masked")
+    again = embedders._cached("t", first, compute, "chip150_masked")
+    b = embedders._cached("t", other, compute, "chip150_masked")
+    assert calls == [2, 2]  # the repeat came from disk, the other pixels were computed
+    np.testing.assert_array_equal(a, again)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert not np.allclose(a[1], b[1])

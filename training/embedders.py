@@ -21,7 +21,10 @@ def l2n(x: np.ndarray) -> np.ndarray:
 
 
 def _cached(tag: str, cache: dict, compute: Callable[[np.ndarray], np.ndarray], key: str) -> np.ndarray:
-    digest = hashlib.sha1("\n".join(cache["path"].tolist()).encode() + key.encode()).hexdigest()[:12]
+    # keyed by the pixels too: caches of the same images with other masks (--mask-style) must not share it
+    h = hashlib.sha1("\n".join(cache["path"].tolist()).encode() + key.encode())
+    h.update(np.ascontiguousarray(cache[key]).data)
+    digest = h.hexdigest()[:12]
     path = CACHE_DIR / f"emb-{tag}-{digest}.npy"
     if path.exists():
         return np.load(path)

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_runtime_imports_without_torch():
@@ -16,6 +17,10 @@ def test_cli_help_and_bad_input_exit_code(tmp_path):
     assert bad.returncode == 2 and "does not exist" in bad.stderr
     no_masks = subprocess.run([sys.executable, "-m", "maskfr.cli", "eval", "--lfw", str(tmp_path), "--mask-style",
                                "template", "--cache", str(tmp_path / "c.npz")], capture_output=True, text=True)
+    assert no_masks.returncode == 2 and "--masks" in no_masks.stderr
+    config = Path(__file__).parents[1] / "configs" / "g2d_cpu.py"  # p_template=0.5 needs the templates
+    no_masks = subprocess.run([sys.executable, "-m", "maskfr.cli", "train", str(config), "--lfw", str(tmp_path)],
+                              capture_output=True, text=True)
     assert no_masks.returncode == 2 and "--masks" in no_masks.stderr
 
 

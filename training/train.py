@@ -364,6 +364,10 @@ def train_from_args(a) -> int:
     for kv in a.set or []:
         k, _, v = kv.partition("=")
         cfg[k] = ast.literal_eval(v)
+    p_template = cfg.get("p_template", 0.5)
+    if p_template > 0 and not a.masks:
+        raise ValueError(f"p_template={p_template} asks for MaskTheFace template masks: give their folder with "
+                         "--masks, or --set p_template=0.0 for procedural masks only")
     torch.set_num_threads(cfg["threads"])
     run = Path(a.run or fc.CACHE_ROOT / "runs" / cfg["name"])
     lfw_root = Path(a.lfw)
@@ -371,7 +375,7 @@ def train_from_args(a) -> int:
     cel = fc.load(fc.build(celeba(a.celeba), fc.CACHE_ROOT / "celeba.npz", a.masks)) if a.celeba else None
     data = build_trainset(cfg, lfw_cache, cel, lfw_root, fc.CACHE_ROOT)
     print(f"training faces: {len(data.labels)}, identities: {data.n_classes}")
-    trainer = Trainer(cfg, data, MaskSynth(a.masks, cfg.get("p_template", 0.5)), run)
+    trainer = Trainer(cfg, data, MaskSynth(a.masks, p_template), run)
     final = trainer.fit()
     print(f"checkpoint: {final}")
     trainer.student.cpu()  # evaluation below runs on the CPU

@@ -29,10 +29,10 @@ from typing import Callable
 import numpy as np
 from detection import _centre_dist  # benchmarks/detection.py: the same "face nearest the centre" rule
 
+from maskfr.cli import MASK_STYLES
 from maskfr.detector import box_iou
 from maskfr.recognizer import DEFAULT_MODEL, FaceRecognizer
 from maskfr.training import cache as fc
-from maskfr.training.data import LFW
 from maskfr.training.embedders import l2n, onnx_embedder
 from maskfr.training.evaluate import SETTINGS, TABLE_HEADER, evaluate, lfw_pairs, markdown_rows, pair_index
 from maskfr.training.masks import MaskSynth
@@ -102,6 +102,8 @@ def main() -> None:
     ap.add_argument("--masks", type=Path, required=True)
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--folds", default="9-10")
+    ap.add_argument("--mask-style", choices=list(MASK_STYLES), default="mixed",
+                    help="mask family (as `maskfr eval --mask-style`; reads that command's cache)")
     ap.add_argument("--baseline", choices=["face_recognition"], help="also run this library on the same frames")
     ap.add_argument("--threads", type=int, help="ONNX Runtime threads for our detector and model (default: all cores)")
     ap.add_argument("--out", type=Path, default=fc.CACHE_ROOT / "eval" / "end_to_end")
@@ -109,20 +111,22 @@ def main() -> None:
     lo, _, hi = a.folds.partition("-")
     pairs = lfw_pairs(a.lfw, list(range(int(lo), int(hi or lo) + 1)))
     need = sorted({p.a for p in pairs} | {p.b for p in pairs})
-    with np.load(fc.CACHE_ROOT / "lfw.npz") as z:
-        # a cache built on every LFW image in path order (as `maskfr train` builds it): its row is the mask seed
-        n_lfw = len(LFW(a.lfw).samples())
-        if len(z["path"]) != n_lfw:
-            raise SystemExit(f"the LFW cache holds {len(z['path'])} faces, not all {n_lfw}: its rows are not the "
-                             "mask seeds; build it with `maskfr train` (all of LFW) first")
+    cache = fc.CACHE_ROOT / ("lfw.npz" if a.mask_style == "mixed" else f"lfw-{a.mask_style}.npz")
+    if not cache.exists():
+        raise SystemExit(f"no aligned-face cache {cache}: build it with `maskfr eval --mask-style {a.mask_style} "
+                         f"--folds {a.folds} ...` (or `maskfr train`, all of LFW) first")
+    with np.load(cache) as z:
+        # fc.build seeds each image's mask with its row, so the frames below get the cache's masks
         rows = np.flatnonzero(np.isin(z["path"], need))
+        if len(rows) < len(need):
+            raise SystemExit(f"{cache} lacks {len(need) - len(rows)} of the pair images of folds {a.folds}")
         sub = {k: z[k][rows] for k in ("path", "img112", "img112_masked", "found", "found_masked", "box", "box_masked")}
     rec = FaceRecognizer(a.model, backend="cpu", threads=a.threads)
     name = a.model.stem
     pipelines, dim = {name: maskfr_pipeline(rec)}, {name: rec.new_gallery().dim}
     if a.baseline:
         pipelines[a.baseline], dim[a.baseline] = face_recognition_pipeline(), 128
-    runs = run_pipelines(pipelines, sub["path"].tolist(), rows, MaskSynth(a.masks), dim)
+    runs = run_pipelines(pipelines, sub["path"].tolist(), rows, MaskSynth(a.masks, MASK_STYLES[a.mask_style]), dim)
     lines = list(TABLE_HEADER)
     oracle = onnx_embedder(a.model)(sub)
     lines += markdown_rows(evaluate(oracle, sub, pairs, a.out, f"{name}, oracle alignment (dlib, unmasked image)"))

@@ -24,10 +24,9 @@ import numpy as np
 
 FORMAT = "maskfr-gallery"
 VERSION = 1
-#: Templates from which faiss (when installed) replaces numpy. benchmarks/gallery_search.py on the
-#: 2-core dev machine (ms for 1 query, numpy vs faiss IndexFlatIP): 10k 4.2 vs 16, 100k 27 vs 51,
-#: 1M 190 vs 299 -- exact faiss never won, so auto stays on numpy up to the largest size measured.
-#: Re-run the benchmark on bigger CPUs; index="faiss" forces it.
+#: Templates from which faiss (when installed) replaces numpy. Exact faiss (IndexFlatIP) never beat numpy's
+#: matrix product on two 2-core machines, 10k to 1M templates (benchmarks/RESULTS.md, "Gallery search"), so
+#: auto stays on numpy beyond the largest size measured. Re-run it on bigger CPUs; index="faiss" forces it.
 FAISS_MIN_SIZE = 2_000_000
 
 

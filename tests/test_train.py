@@ -166,6 +166,22 @@ def test_alignment_jitter_moves_only_the_masked_input():
     assert b[2].sum() > 0  # the occlusion map moved with the face, not lost
 
 
+def test_low_resolution_blurs_only_the_input_and_keeps_the_masks():
+    from maskfr.training.train import MaskedFaces, lower_resolution
+    data = _tiny_data()
+    plain = MaskedFaces(data, MaskSynth(None), p_mask=0.5, seed=0, stage=1)
+    never = MaskedFaces(data, MaskSynth(None), p_mask=0.5, seed=0, stage=1, low_res=dict(p=0.0, min_scale=0.25))
+    always = MaskedFaces(data, MaskSynth(None), p_mask=0.5, seed=0, stage=1, low_res=dict(p=1.0, min_scale=0.25))
+    for i in range(len(data.labels)):
+        a, b, c = plain[i], never[i], always[i]
+        assert torch.equal(a[0], b[0]) and torch.equal(a[2], c[2])  # drawn last: same masks as without it
+        assert torch.equal(a[1], c[1]) and torch.equal(a[3], c[3])  # clean target and teacher embedding untouched
+        detail = lambda x: float(torch.abs(torch.diff(x, dim=-1)).mean())  # noqa: E731
+        assert detail(c[0]) < detail(a[0])  # fewer sharp edges
+    img = data.img112[0]
+    np.testing.assert_array_equal(lower_resolution(img, np.random.default_rng(0), 1.0), img)  # factor 1: unchanged
+
+
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.py")), ids=lambda p: p.stem)
 def test_shipped_configs_load_and_hold_every_stage(path):
     """Configs derive from each other (runpy); a typo in one would only surface an hour into a run."""

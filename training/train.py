@@ -105,17 +105,31 @@ def jitter_alignment(img: np.ndarray, occ: np.ndarray, rng: np.random.Generator,
     return warp(img), warp(occ.astype(np.uint8)).astype(bool)
 
 
+def lower_resolution(img: np.ndarray, rng: np.random.Generator, min_scale: float) -> np.ndarray:
+    """Shrink a crop by a log-uniform factor in [min_scale, 1] (area) and scale it back up (bilinear).
+
+    Cameras at a distance give faces of 30-60 pixels, upscaled to 112 by the alignment; a student trained
+    only on sharp LFW crops loses more on them than its teacher does (benchmarks/RESULTS.md, "Low-resolution faces").
+    """
+    s = float(np.exp(rng.uniform(np.log(min_scale), 0.0)))
+    h, w = img.shape[:2]
+    small = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
 class MaskedFaces(torch.utils.data.Dataset):
     """Fresh masks every epoch, reproducible: the mask of item i in epoch e depends on (seed, stage, e, i) only.
 
     ``jitter`` (``dict(p=, rot_deg=, scale=, shift_px=)``, optional): share of masked inputs re-warped by
     :func:`jitter_alignment`; the clean target and the teacher embedding stay exactly aligned.
+    ``low_res`` (``dict(p=, min_scale=)``, optional): share of inputs, masked or not, passed through
+    :func:`lower_resolution`; the targets stay sharp.
     """
 
     def __init__(self, data: TrainSet, synth: MaskSynth, p_mask: float, seed: int, stage: int,
-                 jitter: dict | None = None):
+                 jitter: dict | None = None, low_res: dict | None = None):
         self.d, self.synth, self.p_mask, self.seed, self.stage = data, synth, p_mask, seed, stage
-        self.jitter = jitter
+        self.jitter, self.low_res = jitter, low_res
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -131,6 +145,8 @@ class MaskedFaces(torch.utils.data.Dataset):
                                                self.jitter["shift_px"])
         else:
             masked, occ = clean, np.zeros(clean.shape[:2], bool)
+        if self.low_res and rng.random() < self.low_res["p"]:  # drawn last: the masks above stay as without it
+            masked = lower_resolution(masked, rng, self.low_res["min_scale"])
         return (torch.from_numpy(to_input(masked)[0]), torch.from_numpy(to_input(clean)[0]),
                 torch.from_numpy(occ[None].astype(np.float32)), torch.from_numpy(self.d.teacher[i]),
                 int(self.d.labels[i]))
@@ -267,9 +283,12 @@ class Trainer:
             start = self._load(partial, opt)["epoch"] + 1
         elif prev is not None:
             self._load(prev)
-        # alignment jitter only where the student learns identity (the inpainter's target is the aligned face)
+        # jitter and low resolution only where the student learns identity (the inpainter's target is the
+        # aligned face)
+        identity = stage != "inpaint"
         ds = MaskedFaces(self.data, self.synth, self.cfg["p_mask"], self.cfg["seed"], STAGES.index(stage),
-                         None if stage == "inpaint" else self.cfg.get("align_jitter"))
+                         self.cfg.get("align_jitter") if identity else None,
+                         self.cfg.get("low_res") if identity else None)
         batches = len(ds) // self.cfg["batch_size"]
         if (s.get("max_steps") or 0) > batches:  # it caps each epoch: more would silently run fewer steps
             raise ValueError(f"stage {stage}: max_steps={s['max_steps']} is more than one epoch of this data "

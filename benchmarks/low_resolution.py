@@ -1,9 +1,9 @@
 """Low-resolution faces: accuracy of ONNX students and the teacher when every face is shrunk and scaled back up.
 
 A camera a few metres away gives faces of 30-60 pixels, which the alignment scales up to the 112x112 crop.
-This shrinks the oracle-aligned crops of the LFW cache (and dlib's 150x150 chips, by the same factor) to a
-face of N pixels across the crop (INTER_AREA) and back (bilinear), then scores the pairs of the chosen folds,
-masked and not, each model against the teacher pair by pair:
+This shrinks the oracle-aligned crops of the LFW cache to N pixels across (INTER_AREA) and back (bilinear),
+and dlib's 150x150 chips, which show the face 1.5x larger, to the same number of pixels per face, then scores
+the pairs of the chosen folds, masked and not, each model against the teacher pair by pair:
 
     python benchmarks/low_resolution.py --lfw ../shared/data/lfw --model sdk/models/g2d_student.onnx --px 112,56,40,28
 """
@@ -19,7 +19,8 @@ from maskfr.training import cache as fc
 from maskfr.training.embedders import dlib_port_embedder, onnx_embedder
 from maskfr.training.evaluate import compare, evaluate, lfw_pairs
 
-SHRUNK = ("img112", "img112_masked", "chip150", "chip150_masked")
+#: dlib's chip shows the face 1.5x larger than the 112 crop (the student's first layer, models.ChipResample)
+CHIP_FACE_SCALE = 1.5
 
 
 def shrink(imgs: np.ndarray, scale: float) -> np.ndarray:
@@ -44,7 +45,9 @@ def main() -> None:
     sub = {k: v[rows] for k, v in cache.items()}
     print("| crop px | model | accuracy % u-u / m-u / m-m | model - teacher, points (McNemar p) |\n|---|---|---|---|")
     for px in (int(v) for v in a.px.split(",")):
-        d = dict(sub, **{k: shrink(sub[k], px / 112) for k in SHRUNK}) if px != 112 else sub
+        s = px / 112
+        d = sub if px == 112 else dict(sub, **{k: shrink(sub[k], s) for k in ("img112", "img112_masked")},
+                                       **{k: shrink(sub[k], s / CHIP_FACE_SCALE) for k in ("chip150", "chip150_masked")})
         teacher = dlib_port_embedder(d)
         t = {m: teacher(m) for m in (False, True)}
         acc = lambda e: " / ".join(f"{100 * r['accuracy']:.2f}"  # noqa: E731

@@ -108,8 +108,8 @@ def jitter_alignment(img: np.ndarray, occ: np.ndarray, rng: np.random.Generator,
 def lower_resolution(img: np.ndarray, rng: np.random.Generator, min_scale: float) -> np.ndarray:
     """Shrink a crop by a log-uniform factor in [min_scale, 1] (area) and scale it back up (bilinear).
 
-    Cameras at a distance give faces of 30-60 pixels, upscaled to 112 by the alignment; a student trained
-    only on sharp LFW crops loses more on them than its teacher does (benchmarks/RESULTS.md, "Low-resolution faces").
+    Cameras at a distance give faces of 30-60 pixels, upscaled to 112 by the alignment; training on such
+    inputs adds 1-2 masked points at 28-40 pixels (benchmarks/RESULTS.md, "Low-resolution faces").
     """
     s = float(np.exp(rng.uniform(np.log(min_scale), 0.0)))
     h, w = img.shape[:2]

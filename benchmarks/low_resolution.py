@@ -12,22 +12,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from maskfr.training import cache as fc
 from maskfr.training.embedders import dlib_port_embedder, onnx_embedder
 from maskfr.training.evaluate import compare, evaluate, lfw_pairs
+from maskfr.training.train import shrink_and_restore
 
 #: dlib's chip shows the face 1.5x larger than the 112 crop (the student's first layer, models.ChipResample)
 CHIP_FACE_SCALE = 1.5
 
 
 def shrink(imgs: np.ndarray, scale: float) -> np.ndarray:
-    h, w = imgs.shape[1:3]
-    small = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.stack([cv2.resize(cv2.resize(im, small, interpolation=cv2.INTER_AREA), (w, h),
-                                interpolation=cv2.INTER_LINEAR) for im in imgs])
+    return np.stack([shrink_and_restore(im, scale) for im in imgs])
 
 
 def main() -> None:

@@ -111,9 +111,13 @@ def lower_resolution(img: np.ndarray, rng: np.random.Generator, min_scale: float
     Cameras at a distance give faces of 30-60 pixels, upscaled to 112 by the alignment; training on such
     inputs adds 1-2 masked points at 28-40 pixels (benchmarks/RESULTS.md, "Low-resolution faces").
     """
-    s = float(np.exp(rng.uniform(np.log(min_scale), 0.0)))
+    return shrink_and_restore(img, float(np.exp(rng.uniform(np.log(min_scale), 0.0))))
+
+
+def shrink_and_restore(img: np.ndarray, scale: float) -> np.ndarray:
+    """``img`` shrunk by ``scale`` (area average) and scaled back to its size (bilinear): a smaller face."""
     h, w = img.shape[:2]
-    small = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 

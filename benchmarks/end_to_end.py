@@ -111,7 +111,7 @@ def main() -> None:
     lo, _, hi = a.folds.partition("-")
     pairs = lfw_pairs(a.lfw, list(range(int(lo), int(hi or lo) + 1)))
     need = sorted({p.a for p in pairs} | {p.b for p in pairs})
-    cache = fc.CACHE_ROOT / ("lfw.npz" if a.mask_style == "mixed" else f"lfw-{a.mask_style}.npz")
+    cache = fc.lfw_cache_path(a.mask_style)
     if not cache.exists():
         raise SystemExit(f"no aligned-face cache {cache}: build it with `maskfr eval --mask-style {a.mask_style} "
                          f"--folds {a.folds} ...` (or `maskfr train`, all of LFW) first")

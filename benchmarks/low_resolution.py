@@ -37,7 +37,7 @@ def main() -> None:
     lo, _, hi = a.folds.partition("-")
     pairs = lfw_pairs(a.lfw, list(range(int(lo), int(hi or lo) + 1)))
     need = sorted({p.a for p in pairs} | {p.b for p in pairs})
-    cache = fc.load(fc.CACHE_ROOT / "lfw.npz")
+    cache = fc.load(fc.lfw_cache_path())
     rows = np.flatnonzero(np.isin(cache["path"], need))
     sub = {k: v[rows] for k, v in cache.items()}
     print("| crop px | model | accuracy % u-u / m-u / m-m | model - teacher, points (McNemar p) |\n|---|---|---|---|")

@@ -31,8 +31,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from maskfr.training.data import LFW
     from maskfr.training.embedders import dlib_embedder, dlib_port_embedder, onnx_embedder
     from maskfr.training.evaluate import TABLE_HEADER, compare, comparison_rows, evaluate, lfw_pairs, markdown_rows
-    default_cache = "lfw.npz" if a.mask_style == "mixed" else f"lfw-{a.mask_style}.npz"
-    cache_path = Path(a.cache) if a.cache else fc.CACHE_ROOT / default_cache
+    cache_path = Path(a.cache) if a.cache else fc.lfw_cache_path(a.mask_style)
     if MASK_STYLES[a.mask_style] > 0 and not a.masks and not cache_path.exists():
         raise ValueError(f"building the cache with --mask-style {a.mask_style} draws MaskTheFace templates: give their "
                          "folder with --masks (or use --mask-style procedural)")
@@ -79,7 +78,7 @@ def cmd_thresholds(a: argparse.Namespace) -> int:
     from maskfr.training.evaluate import recommended_thresholds
     folds = LFW(a.lfw).people_folds()
     people = sorted({p for f in _folds(a.folds) for p in folds[f - 1]})
-    cache = fc.load(Path(a.cache) if a.cache else fc.CACHE_ROOT / "lfw.npz")
+    cache = fc.load(Path(a.cache) if a.cache else fc.lfw_cache_path())
     rows = np.flatnonzero(np.isin(cache["identity"], people))
     if len(rows) == 0:
         raise ValueError(f"no cached faces of the people of folds {a.folds}; build the cache with 'maskfr eval' first")

@@ -35,6 +35,11 @@ FIELDS = ("img112", "img112_masked", "occ112", "chip150", "chip150_masked", "lm6
           "box", "box_masked", "score")
 
 
+def lfw_cache_path(mask_style: str = "mixed") -> Path:
+    """Where the CLI and benchmarks keep the LFW cache of a mask style (``maskfr eval --mask-style``)."""
+    return CACHE_ROOT / ("lfw.npz" if mask_style == "mixed" else f"lfw-{mask_style}.npz")
+
+
 def read_rgb(path: str) -> np.ndarray:
     """Read an image file as RGB uint8, with an error that names the file."""
     img = cv2.imread(path, cv2.IMREAD_COLOR)

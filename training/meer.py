@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    lfw = fc.load(fc.build(LFW(a.lfw).samples(), fc.CACHE_ROOT / "lfw.npz", a.masks))
+    lfw = fc.load(fc.build(LFW(a.lfw).samples(), fc.lfw_cache_path(), a.masks))
     cel = fc.load(fc.build(celeba(a.celeba), fc.CACHE_ROOT / "celeba.npz", a.masks)) if a.celeba else None
     data = centred(build_trainset({"train_lfw_folds": [1, 2, 3, 4, 5]}, lfw, cel, Path(a.lfw), fc.CACHE_ROOT))
     del lfw, cel

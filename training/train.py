@@ -394,7 +394,7 @@ def train_from_args(a) -> int:
     torch.set_num_threads(cfg["threads"])
     run = Path(a.run or fc.CACHE_ROOT / "runs" / cfg["name"])
     lfw_root = Path(a.lfw)
-    lfw_cache = fc.load(fc.build(LFW(lfw_root).samples(), fc.CACHE_ROOT / "lfw.npz", a.masks))
+    lfw_cache = fc.load(fc.build(LFW(lfw_root).samples(), fc.lfw_cache_path(), a.masks))
     cel = fc.load(fc.build(celeba(a.celeba), fc.CACHE_ROOT / "celeba.npz", a.masks)) if a.celeba else None
     data = build_trainset(cfg, lfw_cache, cel, lfw_root, fc.CACHE_ROOT)
     print(f"training faces: {len(data.labels)}, identities: {data.n_classes}")

@@ -22,11 +22,11 @@ import numpy as np
 
 from maskfr.export.onnx_export import compare, export_onnx, ort_embed, ort_session
 from maskfr.export.quantize import calibration_faces, lfw_people, qdq_summary, to_fp16, to_int8
-from maskfr.training.embedders import CACHE_DIR
+from maskfr.training.cache import CACHE_ROOT, lfw_cache_path
 
 
 def newest_checkpoint() -> str | None:
-    runs = sorted(glob.glob(str(CACHE_DIR / "runs" / "*" / "final.pt")), key=os.path.getmtime)
+    runs = sorted(glob.glob(str(CACHE_ROOT / "runs" / "*" / "final.pt")), key=os.path.getmtime)
     return runs[-1] if runs else None
 
 
@@ -49,7 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", help="student checkpoint (default: newest runs/*/final.pt, else dlib-initialised)")
     ap.add_argument("--onnx", help="start from this exported FP32 model instead (e.g. sdk/models/g2d_student.onnx)")
-    ap.add_argument("--cache", default=str(CACHE_DIR / "lfw.npz"))
+    ap.add_argument("--cache", default=str(lfw_cache_path()))
     ap.add_argument("--lfw", required=True, help="LFW root (pairs.txt) for the fold split")
     ap.add_argument("--out", default="benchmarks/out/quantization")
     ap.add_argument("--calib-n", type=int, default=256)

@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from maskfr.training import eum as E
+from maskfr.training.cache import CACHE_ROOT, lfw_cache_path
 from maskfr.training.embedders import dlib_port_embedder, l2n
 from maskfr.training.evaluate import evaluate, lfw_pairs
 
-LFW_NPZ = E.CACHE_DIR / "lfw.npz"
+LFW_NPZ = lfw_cache_path()
 EVAL_FOLDS = [6, 7, 8, 9, 10]
 
 
@@ -97,7 +98,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lfw", type=Path, required=True)
     ap.add_argument("--meer", type=Path, help="MEER checkpoint (python -m maskfr.training.meer) to add as a row")
-    ap.add_argument("--out", type=Path, default=E.CACHE_DIR / "runs" / "seed_methods")
+    ap.add_argument("--out", type=Path, default=CACHE_ROOT / "runs" / "seed_methods")
     ap.add_argument("--ablations", action="store_true", help="print the EUM diagnosis table instead")
     ap.add_argument("--student", action="append", default=[], metavar="NAME=ONNX", help="an exported student as a row")
     ap.add_argument("--eum-on", type=Path, metavar="ONNX", help="also train EUM + SRT on this student's embeddings")
@@ -115,7 +116,7 @@ def main() -> None:
         return
     from maskfr.training.teacher import load_dlib_resnet
     teacher_params = sum(p.numel() for p in load_dlib_resnet().parameters())
-    teacher_sess = ort(E.CACHE_DIR / "dlib_teacher.onnx")
+    teacher_sess = ort(CACHE_ROOT / "dlib_teacher.onnx")
     chips = sub["chip150_masked"][:32]
     from maskfr.training.teacher import chips_to_tensor
     x = chips_to_tensor(chips).numpy()

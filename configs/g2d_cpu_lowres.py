@@ -8,4 +8,4 @@ import runpy
 from pathlib import Path
 
 _base = runpy.run_path(str(Path(__file__).with_name("g2d_cpu_jitter_long_wise.py")))["config"]
-config = dict(_base, name="g2d_cpu_lowres", low_res=dict(p=0.4, min_scale=0.25))
+config = dict(_base, name="g2d_cpu_lowres", degrade=dict(p=0.4, min_scale=0.25))

@@ -18,9 +18,9 @@ def _print(report: dict, as_json: bool, text: str) -> None:
 def _faces(cache: str | None, lfw: str | None, folds: str, n: int):
     """Calibration/parity faces from the aligned-face cache, restricted to the people of ``folds``."""
     from maskfr.export.quantize import calibration_faces, lfw_people
-    from maskfr.training.embedders import CACHE_DIR
+    from maskfr.training.cache import lfw_cache_path
 
-    path = Path(cache) if cache else CACHE_DIR / "lfw.npz"
+    path = Path(cache) if cache else lfw_cache_path()
     if not path.exists():
         raise FileNotFoundError(f"no aligned-face cache at {path}: build it with 'maskfr eval' first or pass --calib")
     lo, _, hi = folds.partition("-")

@@ -235,9 +235,9 @@ def compare(ref: np.ndarray, out: np.ndarray, min_cosine: float = MIN_COSINE, na
 def parity_faces(n: int = 32, cache: str | os.PathLike | None = None, seed: int = 0) -> tuple[np.ndarray, str]:
     """Aligned faces for parity checks: half unmasked, half masked from the LFW cache when it exists,
     else smooth random images (say so in reports: they exercise the graph, not face statistics)."""
-    from maskfr.training.embedders import CACHE_DIR
+    from maskfr.training.cache import lfw_cache_path
 
-    path = Path(cache) if cache else CACHE_DIR / "lfw.npz"
+    path = Path(cache) if cache else lfw_cache_path()
     rng = np.random.default_rng(seed)
     if path.exists():
         with np.load(path, allow_pickle=False) as z:

@@ -95,7 +95,7 @@ def test_recommended_thresholds_pool_masked_and_unmasked():
 def test_embedding_cache_keyed_by_pixels(tmp_path, monkeypatch):
     """Two caches of the same images with other masks drawn must not share cached embeddings."""
     from maskfr.training import embedders
-    monkeypatch.setattr(embedders, "CACHE_DIR", tmp_path)
+    monkeypatch.setattr(embedders, "CACHE_ROOT", tmp_path)
     paths = np.array(["/x/a.jpg", "/x/b.jpg"])
     first = {"path": paths, "chip150_masked": np.array([[[10, 20]], [[10, 20]]], np.uint8)}
     other = {"path": paths, "chip150_masked": np.array([[[10, 20]], [[20, 10]]], np.uint8)}

@@ -77,3 +77,11 @@ def test_template_without_alpha_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="alpha"):
         load_templates(tmp_path)
     assert Path(tmp_path / "masks.cfg").exists()
+
+
+def test_folder_without_templates_is_an_error_unless_procedural_asked(tmp_path):
+    with pytest.raises(ValueError, match="no MaskTheFace templates"):
+        MaskSynth(tmp_path)  # a mistyped --masks would otherwise train on procedural masks only
+    lm = face_landmarks()
+    _, occ = MaskSynth(tmp_path, p_template=0.0)(draw_face(lm), lm, np.random.default_rng(0))
+    _check_coverage(occ, lm)

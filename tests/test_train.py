@@ -166,20 +166,42 @@ def test_alignment_jitter_moves_only_the_masked_input():
     assert b[2].sum() > 0  # the occlusion map moved with the face, not lost
 
 
-def test_low_resolution_blurs_only_the_input_and_keeps_the_masks():
-    from maskfr.training.train import MaskedFaces, lower_resolution
+def test_degrade_changes_only_the_input_and_keeps_the_masks():
+    from maskfr.training.train import MaskedFaces
     data = _tiny_data()
     plain = MaskedFaces(data, MaskSynth(None), p_mask=0.5, seed=0, stage=1)
-    never = MaskedFaces(data, MaskSynth(None), p_mask=0.5, seed=0, stage=1, low_res=dict(p=0.0, min_scale=0.25))
-    always = MaskedFaces(data, MaskSynth(None), p_mask=0.5, seed=0, stage=1, low_res=dict(p=1.0, min_scale=0.25))
+    cam = dict(min_scale=0.25, p_blur=0.5, max_blur_px=7.0, p_jpeg=0.5)
+    never = MaskedFaces(data, MaskSynth(None), p_mask=0.5, seed=0, stage=1, degrade=dict(cam, p=0.0))
+    always = MaskedFaces(data, MaskSynth(None), p_mask=0.5, seed=0, stage=1, degrade=dict(cam, p=1.0))
     for i in range(len(data.labels)):
         a, b, c = plain[i], never[i], always[i]
         assert torch.equal(a[0], b[0]) and torch.equal(a[2], c[2])  # drawn last: same masks as without it
         assert torch.equal(a[1], c[1]) and torch.equal(a[3], c[3])  # clean target and teacher embedding untouched
-        detail = lambda x: float(torch.abs(torch.diff(x, dim=-1)).mean())  # noqa: E731
-        assert detail(c[0]) < detail(a[0])  # fewer sharp edges
-    img = data.img112[0]
-    np.testing.assert_array_equal(lower_resolution(img, np.random.default_rng(0), 1.0), img)  # factor 1: unchanged
+        assert not torch.equal(a[0], c[0])  # the input itself degraded (what each step does: the test below)
+
+
+def test_degrade_steps_do_what_they_say():
+    from maskfr.training.train import degrade, motion_kernel
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(degrade(img, 1.0), img)  # nothing asked: unchanged
+    for length, deg in ((5.0, 0.0), (6.5, 30.0), (3.0, 90.0)):
+        k = motion_kernel(length, deg)
+        assert k.sum() == pytest.approx(1.0) and k.shape[0] % 2 == 1
+        ys, xs = np.nonzero(k > 0.05)
+        c = (k.shape[0] - 1) / 2
+        extent = np.hypot(xs - c, ys - c).max() * 2 + 1
+        assert length - 1.5 <= extent <= length + 1.5  # as long as asked
+        if deg == 0.0:
+            assert (ys == c).all()  # horizontal
+    # a horizontal blur smooths along rows, not down columns
+    h = degrade(img, 1.0, 7.0, 0.0).astype(float)
+    along, across = np.abs(np.diff(h, axis=1)).mean(), np.abs(np.diff(h, axis=0)).mean()
+    assert along < 0.5 * across
+    # JPEG at low quality loses detail, more than at high quality; shrinking keeps the size
+    err = lambda q: np.abs(degrade(img, 1.0, jpeg_quality=q).astype(float) - img).mean()  # noqa: E731
+    assert err(20) > err(90) > 0
+    assert degrade(img, 0.25, 3.0, 45.0, 50).shape == img.shape
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.py")), ids=lambda p: p.stem)

@@ -12,7 +12,8 @@ from typing import Callable
 
 import numpy as np
 
-CACHE_DIR = Path.home() / ".cache" / "maskfr"
+from maskfr.training.cache import CACHE_ROOT
+
 
 
 def l2n(x: np.ndarray) -> np.ndarray:
@@ -25,7 +26,7 @@ def _cached(tag: str, cache: dict, compute: Callable[[np.ndarray], np.ndarray], 
     h = hashlib.sha1("\n".join(cache["path"].tolist()).encode() + key.encode())
     h.update(np.ascontiguousarray(cache[key]).data)
     digest = h.hexdigest()[:12]
-    path = CACHE_DIR / f"emb-{tag}-{digest}.npy"
+    path = CACHE_ROOT / f"emb-{tag}-{digest}.npy"
     if path.exists():
         return np.load(path)
     out = l2n(compute(cache[key]))

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskfr.training.cache import CACHE_ROOT
 from maskfr.training.teacher import OnnxTeacher
 
 EMBED_DIM = 128
-CACHE_DIR = Path.home() / ".cache" / "maskfr"
 
 
 class EUM(nn.Module):
@@ -161,19 +161,19 @@ def training_embeddings(lfw_root: Path, folds: list[int] = (1, 2, 3, 4, 5), thre
     """
     masked, unmasked, ids = [], [], []
     for tag in ("lfw", "celeba"):
-        path = CACHE_DIR / f"{tag}.npz"
+        path = CACHE_ROOT / f"{tag}.npz"
         rows, key = training_rows(path, tag, lfw_root, list(folds))
         with np.load(path) as z:
             ids.append(z["identity"][rows])
             if model is not None:
                 from maskfr.export.onnx_export import sha256
                 stem = f"student-{sha256(model)[:12]}-{key}"
-                unmasked.append(cached_student(model, z["img112"][rows], CACHE_DIR / f"{stem}.npy"))
-                masked.append(cached_student(model, z["img112_masked"][rows], CACHE_DIR / f"{stem}-masked.npy"))
+                unmasked.append(cached_student(model, z["img112"][rows], CACHE_ROOT / f"{stem}.npy"))
+                masked.append(cached_student(model, z["img112_masked"][rows], CACHE_ROOT / f"{stem}-masked.npy"))
                 continue
-            un = CACHE_DIR / f"teacher-{key}.npy"
+            un = CACHE_ROOT / f"teacher-{key}.npy"
             unmasked.append(np.load(un) if un.exists() else cached_teacher(z["chip150"][rows], un, threads))
-            mk = CACHE_DIR / f"teacher-masked-{key}.npy"
+            mk = CACHE_ROOT / f"teacher-masked-{key}.npy"
             masked.append(np.load(mk) if mk.exists() else cached_teacher(z["chip150_masked"][rows], mk, threads))
     unmasked = [u / np.linalg.norm(u, axis=1, keepdims=True) for u in unmasked]
     _, labels = np.unique(np.concatenate(ids), return_inverse=True)

@@ -16,7 +16,7 @@ import numpy as np
 
 from maskfr.align import to_input
 from maskfr.recognizer import MASK_CLASSIFIER, mask_features
-from maskfr.training.cache import CACHE_ROOT
+from maskfr.training.cache import lfw_cache_path
 from maskfr.training.data import LFW
 
 
@@ -42,7 +42,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, ridge: float = 1e-3, iters: int =
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--lfw", required=True, help="LFW root (people.txt)")
-    p.add_argument("--cache", default=str(CACHE_ROOT / "lfw.npz"))
+    p.add_argument("--cache", default=str(lfw_cache_path()))
     p.add_argument("--out", default=str(MASK_CLASSIFIER))
     a = p.parse_args(argv)
     folds = LFW(a.lfw).people_folds()

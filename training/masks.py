@@ -104,6 +104,9 @@ class MaskSynth:
     def __init__(self, masks_root: str | Path | None = None, p_template: float = 0.5):
         self.templates = load_templates(masks_root) if masks_root else []
         self.textures = load_textures(masks_root) if masks_root else []
+        if masks_root and p_template > 0 and not self.templates:  # not procedural-only in silence
+            raise ValueError(f"no MaskTheFace templates in {masks_root} (its masks.cfg is missing or names none); "
+                             "give the masks folder, or p_template=0 for procedural masks only")
         self.p_template = p_template if self.templates else 0.0
 
     def __call__(self, img: np.ndarray, lm68: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -105,20 +105,50 @@ def jitter_alignment(img: np.ndarray, occ: np.ndarray, rng: np.random.Generator,
     return warp(img), warp(occ.astype(np.uint8)).astype(bool)
 
 
-def lower_resolution(img: np.ndarray, rng: np.random.Generator, min_scale: float) -> np.ndarray:
-    """Shrink a crop by a log-uniform factor in [min_scale, 1] (area) and scale it back up (bilinear).
+def degrade(img: np.ndarray, scale: float, blur_px: float = 0.0, blur_deg: float = 0.0,
+            jpeg_quality: int | None = None) -> np.ndarray:
+    """``img`` as a camera further away would give it: motion blur, shrunk, JPEG-compressed, scaled back.
 
-    Cameras at a distance give faces of 30-60 pixels, upscaled to 112 by the alignment; training on such
-    inputs adds 1-2 masked points at 28-40 pixels (benchmarks/RESULTS.md, "Low-resolution faces").
+    In the order a camera applies them: the face moves during the exposure (a line kernel ``blur_px`` long at
+    ``blur_deg``), the sensor sees it ``scale`` times as large (area average), the encoder compresses that
+    small image, and the alignment scales it back up to the crop (bilinear).
     """
-    return shrink_and_restore(img, float(np.exp(rng.uniform(np.log(min_scale), 0.0))))
-
-
-def shrink_and_restore(img: np.ndarray, scale: float) -> np.ndarray:
-    """``img`` shrunk by ``scale`` (area average) and scaled back to its size (bilinear): a smaller face."""
     h, w = img.shape[:2]
-    small = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    if blur_px > 1.0:
+        img = cv2.filter2D(img, -1, motion_kernel(blur_px, blur_deg), borderType=cv2.BORDER_REFLECT)
+    small = img if scale == 1.0 else cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))),
+                                                interpolation=cv2.INTER_AREA)
+    if jpeg_quality is not None:
+        ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+        small = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED).reshape(small.shape)
+    return small if small.shape[:2] == (h, w) else cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def motion_kernel(length: float, deg: float) -> np.ndarray:
+    """Normalised line kernel ``length`` pixels long at angle ``deg`` (anti-aliased, sub-pixel ends)."""
+    k = int(np.ceil(length)) // 2 * 2 + 3
+    ker = np.zeros((k, k), np.float32)
+    dx, dy = (length - 1) / 2 * np.cos(np.deg2rad(deg)), (length - 1) / 2 * np.sin(np.deg2rad(deg))
+    c, sub = (k - 1) / 2, 1 << 4  # cv2.line takes fixed-point ends with 4 fractional bits
+    ends = [(round((c + sx * dx) * sub), round((c + sx * dy) * sub)) for sx in (-1, 1)]
+    cv2.line(ker, ends[0], ends[1], 1.0, 1, cv2.LINE_AA, 4)
+    return ker / ker.sum()
+
+
+def random_degrade(img: np.ndarray, rng: np.random.Generator, min_scale: float, p_blur: float = 0.0,
+                   max_blur_px: float = 0.0, p_jpeg: float = 0.0, jpeg_quality: tuple[int, int] = (30, 90)
+                   ) -> np.ndarray:
+    """:func:`degrade` with a log-uniform ``scale`` in [min_scale, 1], and blur / JPEG each with its own odds.
+
+    Cameras at a distance give faces of 30-60 pixels, upscaled to 112 by the alignment, moving and
+    compressed; training on shrunken inputs alone added 1-2 masked points at 28-40 pixels
+    (benchmarks/RESULTS.md, "Low-resolution faces"). The scale is drawn first, so a config without blur or
+    JPEG draws the same scales as before they existed.
+    """
+    scale = float(np.exp(rng.uniform(np.log(min_scale), 0.0)))
+    blur = (rng.uniform(1.0, max_blur_px), rng.uniform(0.0, 180.0)) if rng.random() < p_blur else (0.0, 0.0)
+    quality = int(rng.integers(jpeg_quality[0], jpeg_quality[1] + 1)) if rng.random() < p_jpeg else None
+    return degrade(img, scale, *blur, quality)
 
 
 class MaskedFaces(torch.utils.data.Dataset):
@@ -126,14 +156,14 @@ class MaskedFaces(torch.utils.data.Dataset):
 
     ``jitter`` (``dict(p=, rot_deg=, scale=, shift_px=)``, optional): share of masked inputs re-warped by
     :func:`jitter_alignment`; the clean target and the teacher embedding stay exactly aligned.
-    ``low_res`` (``dict(p=, min_scale=)``, optional): share of inputs, masked or not, passed through
-    :func:`lower_resolution`; the targets stay sharp.
+    ``degrade`` (``dict(p=, min_scale=, ...)``, optional): share of inputs, masked or not, passed through
+    :func:`random_degrade` (the other keys are its arguments); the targets stay sharp.
     """
 
     def __init__(self, data: TrainSet, synth: MaskSynth, p_mask: float, seed: int, stage: int,
-                 jitter: dict | None = None, low_res: dict | None = None):
+                 jitter: dict | None = None, degrade: dict | None = None):
         self.d, self.synth, self.p_mask, self.seed, self.stage = data, synth, p_mask, seed, stage
-        self.jitter, self.low_res = jitter, low_res
+        self.jitter, self.degrade = jitter, degrade
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -149,8 +179,8 @@ class MaskedFaces(torch.utils.data.Dataset):
                                                self.jitter["shift_px"])
         else:
             masked, occ = clean, np.zeros(clean.shape[:2], bool)
-        if self.low_res and rng.random() < self.low_res["p"]:  # drawn last: the masks above stay as without it
-            masked = lower_resolution(masked, rng, self.low_res["min_scale"])
+        if self.degrade and rng.random() < self.degrade["p"]:  # drawn last: the masks above stay as without it
+            masked = random_degrade(masked, rng, **{k: v for k, v in self.degrade.items() if k != "p"})
         return (torch.from_numpy(to_input(masked)[0]), torch.from_numpy(to_input(clean)[0]),
                 torch.from_numpy(occ[None].astype(np.float32)), torch.from_numpy(self.d.teacher[i]),
                 int(self.d.labels[i]))
@@ -287,12 +317,12 @@ class Trainer:
             start = self._load(partial, opt)["epoch"] + 1
         elif prev is not None:
             self._load(prev)
-        # jitter and low resolution only where the student learns identity (the inpainter's target is the
+        # jitter and camera degradations only where the student learns identity (the inpainter's target is the
         # aligned face)
         identity = stage != "inpaint"
         ds = MaskedFaces(self.data, self.synth, self.cfg["p_mask"], self.cfg["seed"], STAGES.index(stage),
                          self.cfg.get("align_jitter") if identity else None,
-                         self.cfg.get("low_res") if identity else None)
+                         self.cfg.get("degrade") if identity else None)
         batches = len(ds) // self.cfg["batch_size"]
         if (s.get("max_steps") or 0) > batches:  # it caps each epoch: more would silently run fewer steps
             raise ValueError(f"stage {stage}: max_steps={s['max_steps']} is more than one epoch of this data "

@@ -1,4 +1,4 @@
-"""The packaged recipe (configs/g2d_cpu_jitter_long_wise.py) with low-resolution inputs in the identity stages.
+"""The WiSE-FT recipe (configs/g2d_cpu_jitter_long_wise.py) with low-resolution inputs in the identity stages.
 
 40 % of the student's inputs (masked or not) are shrunk by a log-uniform factor down to 1/4 (a 28-pixel face)
 and scaled back up; the teacher's targets stay those of the sharp faces, so the student learns to give a

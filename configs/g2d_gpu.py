@@ -1,4 +1,4 @@
-"""G2D on one GPU: the packaged recipe (alignment jitter, WiSE-FT 0.7; configs/g2d_cpu_jitter_long_wise.py),
+"""G2D on one GPU: the packaged recipe (alignment jitter, WiSE-FT 0.7, camera degradations; configs/g2d_cpu_camera.py),
 longer stages and bigger batches (relation KD likes big batches). Not run yet (no session has had a GPU): on
 the CPU, classifier stages past 2 epochs learnt the training identities (benchmarks/RESULTS.md, run 11), so
 watch the classifier's cross-entropy and the test pairs before trusting these lengths.
@@ -20,6 +20,7 @@ config = dict(
                         max_steps=None, warmup_steps=100),
     ),
     align_jitter=dict(p=0.7, rot_deg=5.0, scale=0.06, shift_px=3.0),  # as configs/g2d_cpu_jitter.py
+    degrade=dict(p=0.4, min_scale=0.25, p_blur=0.3, max_blur_px=7.0, p_jpeg=0.5, jpeg_quality=(30, 90)),
     wise_alpha=0.7,
     device="cuda",
     threads=16,

@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -201,6 +202,10 @@ def test_degrade_steps_do_what_they_say():
     # JPEG at low quality loses detail, more than at high quality; shrinking keeps the size
     err = lambda q: np.abs(degrade(img, 1.0, jpeg_quality=q).astype(float) - img).mean()  # noqa: E731
     assert err(20) > err(90) > 0
+    # ... as a camera's encoder would on the frame: luma and chroma of the real colours (OpenCV reads BGR)
+    bgr = cv2.imdecode(cv2.imencode(".jpg", np.ascontiguousarray(img[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 40])[1],
+                       cv2.IMREAD_COLOR)
+    np.testing.assert_array_equal(degrade(img, 1.0, jpeg_quality=40), bgr[..., ::-1])
     assert degrade(img, 0.25, 3.0, 45.0, 50).shape == img.shape
 
 

@@ -15,7 +15,6 @@ import numpy as np
 from maskfr.training.cache import CACHE_ROOT
 
 
-
 def l2n(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

@@ -107,7 +107,7 @@ def jitter_alignment(img: np.ndarray, occ: np.ndarray, rng: np.random.Generator,
 
 def degrade(img: np.ndarray, scale: float, blur_px: float = 0.0, blur_deg: float = 0.0,
             jpeg_quality: int | None = None) -> np.ndarray:
-    """``img`` as a camera further away would give it: motion blur, shrunk, JPEG-compressed, scaled back.
+    """RGB ``img`` as a camera further away would give it: motion blur, shrunk, JPEG-compressed, scaled back.
 
     In the order a camera applies them: the face moves during the exposure (a line kernel ``blur_px`` long at
     ``blur_deg``), the sensor sees it ``scale`` times as large (area average), the encoder compresses that
@@ -118,9 +118,10 @@ def degrade(img: np.ndarray, scale: float, blur_px: float = 0.0, blur_deg: float
         img = cv2.filter2D(img, -1, motion_kernel(blur_px, blur_deg), borderType=cv2.BORDER_REFLECT)
     small = img if scale == 1.0 else cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))),
                                                 interpolation=cv2.INTER_AREA)
-    if jpeg_quality is not None:
-        ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
-        small = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED).reshape(small.shape)
+    if jpeg_quality is not None:  # OpenCV's codec reads BGR: the luma and chroma planes must be a camera's
+        bgr = np.ascontiguousarray(small[..., ::-1])
+        buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])[1]
+        small = np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
     return small if small.shape[:2] == (h, w) else cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 

@@ -15,6 +15,11 @@ landmarks, seeded by the image's index in the sample. Per detector and condition
 * ms/frame: median over frames of the fastest of 3 calls, CPU, 640x480 frames (LFW images resized),
   detectors interleaved so they share the machine's load equally.
 
+Small and degraded faces, as a camera further away gives them: ``--eye-px N`` shrinks each image (area
+average) until its reference eye-centre distance is N pixels and pastes it in the middle of a grey 640x480
+frame; ``--blur-px L`` then smears it with an L-pixel motion blur (one random direction per image) and
+``--jpeg Q`` JPEG-compresses the whole frame. ``--min-face`` sets the MTCNN detectors' smallest face.
+
     PYTHONPATH=... python benchmarks/detection.py --lfw ../shared/data/lfw --masks ../shared/data/masks
 """
 from __future__ import annotations
@@ -103,19 +108,43 @@ def _thresholds(text: str) -> dict:
     return {"pnet_threshold": p, "rnet_threshold": r, "score_threshold": o}
 
 
-def make_detectors(mtcnn_dirs: dict[str, str], thresholds: list[str] = (), hog: bool = True) -> dict:
+def make_detectors(mtcnn_dirs: dict[str, str], thresholds: list[str] = (), hog: bool = True,
+                   min_face: int = 20) -> dict:
     """dlib HOG (unless ``hog`` is False), each MTCNN folder (``DIR`` at the detector's default thresholds,
     or ``DIR@P/R/O``), and the package nets at each ``P/R/O`` threshold triple of ``thresholds``."""
     out = {"dlib HOG (upsample 1)": lambda bgr: dlib_faces(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))} if hog else {}
     dets = {}
     for label, spec in mtcnn_dirs.items():
         d, _, t = spec.partition("@")
-        dets[label] = FaceDetector(models_dir=Path(d), backend="cpu", **(_thresholds(t) if t else {}))
+        dets[label] = FaceDetector(models_dir=Path(d), backend="cpu", min_face=min_face,
+                                   **(_thresholds(t) if t else {}))
     for t in thresholds:
-        dets[f"MTCNN maskfr, thresholds P/R/O {t}"] = FaceDetector(backend="cpu", **_thresholds(t))
+        dets[f"MTCNN maskfr, thresholds P/R/O {t}"] = FaceDetector(backend="cpu", min_face=min_face, **_thresholds(t))
     for label, det in dets.items():
         out[label] = lambda bgr, det=det: [(r.box, r.landmarks) for r in det.detect(bgr)]
     return out
+
+
+def camera_frame(bgr: np.ndarray, ref: dict, rng: np.random.Generator, eye_px: float | None, blur_px: float,
+                 jpeg: int | None) -> tuple[np.ndarray, dict]:
+    """``bgr`` as a camera further away gives it (module doc) and ``ref`` moved into that frame."""
+    from maskfr.training.train import motion_kernel
+    if eye_px:
+        s = eye_px / np.linalg.norm(ref["five"][1] - ref["five"][0])
+        small = cv2.resize(bgr, (max(1, round(bgr.shape[1] * s)), max(1, round(bgr.shape[0] * s))),
+                           interpolation=cv2.INTER_AREA)
+        frame = np.full((480, 640, 3), 114, np.uint8)
+        y, x = (480 - small.shape[0]) // 2, (640 - small.shape[1]) // 2
+        frame[y:y + small.shape[0], x:x + small.shape[1]] = small
+        off = np.array([x, y], np.float32)
+        ref = {"box": ref["box"] * s + np.tile(off, 2), "five": ref["five"] * s + off, "lm68": ref["lm68"] * s + off}
+    else:
+        frame = bgr
+    if blur_px > 1.0:
+        frame = cv2.filter2D(frame, -1, motion_kernel(blur_px, rng.uniform(0, 180)), borderType=cv2.BORDER_REFLECT)
+    if jpeg is not None:
+        frame = cv2.imdecode(cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, jpeg])[1], cv2.IMREAD_COLOR)
+    return frame, ref
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -135,6 +164,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="mask family drawn on the faces (as `maskfr eval --mask-style`)")
     ap.add_argument("--timing-frames", type=int, default=20)
     ap.add_argument("--no-hog", action="store_true", help="leave out dlib's HOG detector (the slowest row)")
+    ap.add_argument("--eye-px", type=float, help="shrink faces to this eye distance in a 640x480 frame")
+    ap.add_argument("--blur-px", type=float, default=0.0, help="motion blur length, frame pixels")
+    ap.add_argument("--jpeg", type=int, help="JPEG quality of the frame")
+    ap.add_argument("--min-face", type=int, default=20, help="MTCNN's smallest face side, pixels")
     ap.add_argument("--heldout", metavar="CELEBA", help="leave out the images `mtcnn prepare` trains on "
                     "(pass the CelebA root it used), for choosing settings on folds 1-5 people")
     args = ap.parse_args(argv)
@@ -148,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         if (orig / "mtcnn_onet.onnx").exists():
             dirs["MTCNN as shipped (facenet-pytorch)"] = f"{orig}@0.6/0.7/0.7"
         dirs["MTCNN maskfr (package nets)"] = str(MODELS_DIR)
-    detectors = make_detectors(dirs, args.thresholds, hog=not args.no_hog)
+    detectors = make_detectors(dirs, args.thresholds, hog=not args.no_hog, min_face=args.min_face)
 
     exclude = set()
     if args.heldout:
@@ -166,8 +199,11 @@ def main(argv: list[str] | None = None) -> None:
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         masked = cv2.cvtColor(synth(rgb, ref["lm68"], np.random.default_rng(i))[0], cv2.COLOR_RGB2BGR)
         corners = corner_over_centre(ref)
+        frames = [camera_frame(im, ref, np.random.default_rng([args.seed, i]), args.eye_px, args.blur_px, args.jpeg)
+                  for im in (bgr, masked)]
+        ref = frames[0][1]
         for name, fn in detectors.items():
-            for cond, img in (("unmasked", bgr), ("masked", masked)):
+            for cond, img in zip(("unmasked", "masked"), (f[0] for f in frames)):
                 found, err, extra = score_image(fn(img), ref, img.shape)
                 s = stats[name][cond]
                 s["found"].append(found)
@@ -190,7 +226,9 @@ def main(argv: list[str] | None = None) -> None:
 
     n_ref = sum(r is not None for r in refs)
     print(f"LFW folds {args.folds}: {len(paths)} images (seed {args.seed}), {n_ref} with a dlib reference "
-          f"(unmasked HOG box nearest the centre); masked = MaskSynth ({args.mask_style}) seeded by image index\n")
+          f"(unmasked HOG box nearest the centre); masked = MaskSynth ({args.mask_style}) seeded by image index; "
+          f"eye distance {args.eye_px or 'as in LFW'} px, blur {args.blur_px} px, JPEG {args.jpeg}, "
+          f"MTCNN min_face {args.min_face}\n")
     print("| detector | found unmasked | found masked | 5-pt err unmasked | 5-pt err masked "
           "| 5-pt err, outer eye corners, unmasked / masked "
           "| unmatched dets /100 img (unmasked / masked) | ms/frame 640x480 |")

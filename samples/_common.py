@@ -27,13 +27,15 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--enroll", metavar="DIR", help="enrol DIR/<identity>/*.jpg before starting")
     p.add_argument("--gallery", metavar="FILE", help="gallery .npz to load (and save after --enroll)")
     p.add_argument("--threshold", type=float, help="similarity threshold (default: the model's)")
+    p.add_argument("--min-face", type=int, help="smallest face side to look for, pixels (default 20; 12 for far faces)")
     p.add_argument("--headless", action="store_true", help="no window: write the annotated video to --out")
     p.add_argument("--out", default="annotated.avi", help="output video for --headless")
     p.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0: until the end)")
 
 
 def build(args: argparse.Namespace, detector: Any = None) -> tuple[FaceRecognizer, Gallery]:
-    rec = FaceRecognizer(args.model, detector=detector, backend=args.backend, threshold=args.threshold)
+    rec = FaceRecognizer(args.model, detector=detector, backend=args.backend, threshold=args.threshold,
+                         min_face=args.min_face)
     gallery = Gallery.load(args.gallery) if args.gallery and Path(args.gallery).exists() else rec.new_gallery()
     if args.enroll:
         root = Path(args.enroll)

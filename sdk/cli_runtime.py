@@ -20,7 +20,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 def _recognizer(a: argparse.Namespace) -> Any:
     from maskfr.recognizer import FaceRecognizer
-    return FaceRecognizer(a.model, backend=a.backend, threshold=getattr(a, "threshold", None))
+    return FaceRecognizer(a.model, backend=a.backend, threshold=getattr(a, "threshold", None), min_face=a.min_face)
 
 
 def _progress(items: list, what: str, enabled: bool = True) -> Iterable:
@@ -258,7 +258,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
         print(f"maskfr demo: {exc}", file=sys.stderr)
         return 2
     try:
-        rec = FaceRecognizer(a.model, backend=a.backend)
+        rec = FaceRecognizer(a.model, backend=a.backend, min_face=a.min_face)
         face = _demo_face(rec, photos["astronaut"], "astronaut")
     except (RuntimeError, FileNotFoundError) as exc:  # e.g. no detector in this build, detector nets missing
         print(f"maskfr demo: {exc}", file=sys.stderr)
@@ -338,6 +338,8 @@ def add_runtime_commands(sub: argparse._SubParsersAction) -> None:
     def common(p: argparse.ArgumentParser, threshold: bool = False) -> None:
         p.add_argument("--model", help="ONNX model or TensorRT engine (default: the packaged model)")
         p.add_argument("--backend", default="auto", help="auto, cpu, cuda or tensorrt")
+        p.add_argument("--min-face", type=int, help="smallest face side to look for, pixels (default 20; 12 finds "
+                       "smaller faces at about twice the detection time)")
         if threshold:
             p.add_argument("--threshold", type=float, help="similarity threshold (default: the model's at FAR 1e-3)")
         p.add_argument("--json", action="store_true", help="print one JSON object")

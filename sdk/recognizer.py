@@ -166,13 +166,13 @@ class MaskClassifier:
 
 
 # -- recognizer ---------------------------------------------------------------------------------
-def _default_detector(threads: int | None = None) -> Any:
+def _default_detector(threads: int | None = None, min_face: int | None = None) -> Any:
     try:
         from maskfr.detector import FaceDetector
     except ImportError:
         raise RuntimeError("no face detector: maskfr.detector is not available in this install; pass "
                            "detector=<object with detect(frame_bgr)>, or give aligned 112x112 crops") from None
-    return FaceDetector(threads=threads)
+    return FaceDetector(threads=threads) if min_face is None else FaceDetector(threads=threads, min_face=min_face)
 
 
 class FaceRecognizer:
@@ -183,17 +183,22 @@ class FaceRecognizer:
     ``landmarks`` (5, 2); default ``maskfr.detector.FaceDetector``, created on first use.
     threshold: similarity for "same person" (default: the model's recommended one at FAR 1e-3).
     threads: ONNX Runtime threads for the default detector and an ONNX model (default: one per core).
+    min_face: smallest face side the default detector looks for, in pixels (default: the detector's, 20); 12
+    finds faces down to an eye distance of ~9 pixels at about twice the detection time (benchmarks/RESULTS.md,
+    "Small, blurred and compressed faces").
     """
 
     def __init__(self, model: str | Path | None = None, detector: Any = None, backend: str = "auto",
                  preprocess_backend: str = "auto", threshold: float | None = None, batch_size: int = 32,
                  max_side: int = 4096, mask_classifier: MaskClassifier | None | str = "default",
-                 threads: int | None = None):
+                 threads: int | None = None, min_face: int | None = None):
+        if detector is not None and min_face is not None:
+            raise ValueError("min_face sets the default detector; give it to your own detector instead")
         path = Path(model) if model is not None else DEFAULT_MODEL
         if model is None and not path.is_file():
             raise FileNotFoundError(f"default model {path} is not installed yet; pass model=<.onnx or engine path>")
         self.runner: Runner = load_runner(path, backend, SIZE, threads=threads)
-        self.threads = threads
+        self.threads, self.min_face = threads, min_face
         self.metadata = self.runner.metadata
         self.model_version = self.metadata.get("model_version", path.stem)
         self.thresholds: dict[str, float] = json.loads(self.metadata.get("recommended_thresholds", "{}"))
@@ -223,7 +228,7 @@ class FaceRecognizer:
         small = cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else img
         with self._detector_lock:
             if self._detector is None:
-                self._detector = _default_detector(self.threads)
+                self._detector = _default_detector(self.threads, self.min_face)
             dets = list(self._detector.detect(small))
         faces = [Face(np.asarray(d.box, np.float32) / scale, float(d.score),
                       np.asarray(d.landmarks, np.float32).reshape(5, 2) / scale, index) for d in dets]

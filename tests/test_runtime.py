@@ -162,6 +162,16 @@ def test_threads_reach_the_model_and_the_default_detector(model):
     assert rec._detector.threads == 1
 
 
+def test_min_face_reaches_the_default_detector_only(model):
+    rec = FaceRecognizer(model, backend="cpu", min_face=12, mask_classifier=None)
+    assert rec.detect(np.zeros((64, 64, 3), np.uint8)) == []
+    assert rec._detector.min_face == 12
+    with pytest.raises(ValueError, match="min_face"):
+        FaceRecognizer(model, detector=MarkerDetector(), min_face=12)  # would be silently ignored
+    from maskfr.cli import build_parser
+    assert build_parser().parse_args(["verify", "a.jpg", "b.jpg", "--min-face", "12"]).min_face == 12
+
+
 def test_engine_with_wrong_input_shape_raises(tmp_path):
     engine = tmp_path / "student.engine"
     engine.write_bytes(b"\0" * 64)
@@ -227,7 +237,7 @@ def test_shipped_mask_classifier_loads():
 def cli(monkeypatch, model, capsys):
     import maskfr.recognizer as r
     from maskfr.cli import main
-    monkeypatch.setattr(r, "_default_detector", lambda threads=None: MarkerDetector())
+    monkeypatch.setattr(r, "_default_detector", lambda threads=None, min_face=None: MarkerDetector())
 
     def run(*args):
         rc = main([str(a) for a in args] + ["--model", str(model), "--json"])

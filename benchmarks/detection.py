@@ -133,6 +133,8 @@ def camera_frame(bgr: np.ndarray, ref: dict, rng: np.random.Generator, eye_px: f
         s = eye_px / np.linalg.norm(ref["five"][1] - ref["five"][0])
         small = cv2.resize(bgr, (max(1, round(bgr.shape[1] * s)), max(1, round(bgr.shape[0] * s))),
                            interpolation=cv2.INTER_AREA)
+        if small.shape[0] > 480 or small.shape[1] > 640:
+            raise ValueError(f"--eye-px {eye_px}: the face would not fit a 640x480 frame")
         frame = np.full((480, 640, 3), 114, np.uint8)
         y, x = (480 - small.shape[0]) // 2, (640 - small.shape[1]) // 2
         frame[y:y + small.shape[0], x:x + small.shape[1]] = small

@@ -14,6 +14,11 @@ landmarks, same seed), and scores the pairs of the chosen folds:
   frames, timed image by image alongside ours, and both scored at their out-of-the-box thresholds too
   (face_recognition: distance <= 0.6; maskfr: the model's recommended similarities, FAR 1e-3 the default).
 
+``--eye-px N [--blur-px L] [--jpeg Q]`` give every frame, masked or not, as a camera further away would (the
+face shrunk to an N-pixel eye distance in a 640x480 frame, smeared, compressed: ``detection.camera_frame``);
+the oracle rows, which need dlib's sharp crops, are then left out. ``--min-face`` sets our detector's smallest
+face.
+
 ``--model`` takes any 112-crop ONNX embedder, e.g. dlib's network with no training (export a checkpoint of
 ``create_student(pretrained=True)``) to compare the off-the-shelf recogniser in the same pipeline.
 
@@ -27,12 +32,13 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from detection import _centre_dist  # benchmarks/detection.py: the same "face nearest the centre" rule
+from detection import _centre_dist, camera_frame  # benchmarks/detection.py: the same rules and frames
 
 from maskfr.cli import MASK_STYLES
 from maskfr.detector import box_iou
 from maskfr.recognizer import DEFAULT_MODEL, FaceRecognizer
 from maskfr.training import cache as fc
+from maskfr.training.dlib_models import five_from_68
 from maskfr.training.embedders import l2n, onnx_embedder
 from maskfr.training.evaluate import SETTINGS, TABLE_HEADER, evaluate, lfw_pairs, markdown_rows, pair_index
 from maskfr.training.masks import MaskSynth
@@ -59,10 +65,10 @@ def face_recognition_pipeline() -> Pipeline:
 
 
 def run_pipelines(pipelines: dict[str, Pipeline], paths: list[str], index: np.ndarray, synth: MaskSynth,
-                  dim: dict[str, int]) -> dict[str, dict]:
+                  dim: dict[str, int], camera: dict | None = None) -> dict[str, dict]:
     """Per pipeline, image and condition: the embedding of the face matching dlib's box (zeros + found=False if
     none), and seconds per call. Pipelines take turns on each frame, the order alternating, so their timings
-    share the machine's state."""
+    share the machine's state. ``camera``: ``camera_frame``'s ``eye_px``, ``blur_px``, ``jpeg`` and ``seed``."""
     from tqdm import tqdm
     out = {k: {"emb": {m: np.zeros((len(paths), dim[k]), np.float32) for m in (False, True)},
                "found": {m: np.zeros(len(paths), bool) for m in (False, True)},
@@ -72,7 +78,15 @@ def run_pipelines(pipelines: dict[str, Pipeline], paths: list[str], index: np.nd
         if not f["found"]:  # no dlib reference box: counted as missed
             continue
         order = list(pipelines) if i % 2 == 0 else list(pipelines)[::-1]
-        for masked, rgb in ((False, f["img"]), (True, f["masked"])):
+        frames, ref_box = {False: f["img"], True: f["masked"]}, f["box"]
+        if camera:
+            ref = {"box": f["box"], "five": five_from_68(f["lm68"]), "lm68": f["lm68"]}
+            for m, rgb in frames.items():  # the same blur direction for both copies of a face
+                bgr, moved = camera_frame(np.ascontiguousarray(rgb[..., ::-1]), ref,
+                                          np.random.default_rng([camera["seed"], i]), camera["eye_px"],
+                                          camera["blur_px"], camera["jpeg"])
+                frames[m], ref_box = np.ascontiguousarray(bgr[..., ::-1]), moved["box"]
+        for masked, rgb in frames.items():
             for k in order:
                 t = time.perf_counter()
                 faces = pipelines[k](rgb)
@@ -80,7 +94,7 @@ def run_pipelines(pipelines: dict[str, Pipeline], paths: list[str], index: np.nd
                 if not faces:
                     continue
                 box, emb = min(faces, key=lambda x: _centre_dist(x[0], rgb.shape))
-                if box_iou(f["box"], box[None])[0] >= 0.5:
+                if box_iou(ref_box, box[None])[0] >= 0.5:
                     out[k]["emb"][masked][i], out[k]["found"][masked][i] = emb, True
     return out
 
@@ -105,6 +119,10 @@ def main() -> None:
     ap.add_argument("--mask-style", choices=list(MASK_STYLES), default="mixed",
                     help="mask family (as `maskfr eval --mask-style`; reads that command's cache)")
     ap.add_argument("--baseline", choices=["face_recognition"], help="also run this library on the same frames")
+    ap.add_argument("--eye-px", type=float, help="faces shrunk to this eye distance in a 640x480 frame")
+    ap.add_argument("--blur-px", type=float, default=0.0, help="motion blur length, frame pixels")
+    ap.add_argument("--jpeg", type=int, help="JPEG quality of the frame")
+    ap.add_argument("--min-face", type=int, help="our detector's smallest face side, pixels (default 20)")
     ap.add_argument("--threads", type=int, help="ONNX Runtime threads for our detector and model (default: all cores)")
     ap.add_argument("--out", type=Path, default=fc.CACHE_ROOT / "eval" / "end_to_end")
     a = ap.parse_args()
@@ -121,15 +139,20 @@ def main() -> None:
         if len(rows) < len(need):
             raise SystemExit(f"{cache} lacks {len(need) - len(rows)} of the pair images of folds {a.folds}")
         sub = {k: z[k][rows] for k in ("path", "img112", "img112_masked", "found", "found_masked", "box", "box_masked")}
-    rec = FaceRecognizer(a.model, backend="cpu", threads=a.threads)
+    rec = FaceRecognizer(a.model, backend="cpu", threads=a.threads, min_face=a.min_face)
     name = a.model.stem
     pipelines, dim = {name: maskfr_pipeline(rec)}, {name: rec.new_gallery().dim}
     if a.baseline:
         pipelines[a.baseline], dim[a.baseline] = face_recognition_pipeline(), 128
-    runs = run_pipelines(pipelines, sub["path"].tolist(), rows, MaskSynth(a.masks, MASK_STYLES[a.mask_style]), dim)
+    camera = dict(eye_px=a.eye_px, blur_px=a.blur_px, jpeg=a.jpeg, seed=0) if a.eye_px or a.blur_px or a.jpeg else None
+    runs = run_pipelines(pipelines, sub["path"].tolist(), rows, MaskSynth(a.masks, MASK_STYLES[a.mask_style]), dim,
+                         camera)
     lines = list(TABLE_HEADER)
-    oracle = onnx_embedder(a.model)(sub)
-    lines += markdown_rows(evaluate(oracle, sub, pairs, a.out, f"{name}, oracle alignment (dlib, unmasked image)"))
+    if camera is None:  # dlib's crops are of the sharp image
+        oracle = onnx_embedder(a.model)(sub)
+        lines += markdown_rows(evaluate(oracle, sub, pairs, a.out, f"{name}, oracle alignment (dlib, unmasked image)"))
+    else:
+        print(f"frames as a camera gives them: {camera}")
     summary = ["| pipeline | faces found unmasked / masked | accuracy % at a fixed threshold (u-u / m-u / m-m) "
                "| ms/image unmasked / masked (median) |", "|---|---|---|---|"]
     for k, r in runs.items():

@@ -125,13 +125,13 @@ def make_detectors(mtcnn_dirs: dict[str, str], thresholds: list[str] = (), hog: 
     return out
 
 
-def camera_frame(bgr: np.ndarray, ref: dict, rng: np.random.Generator, eye_px: float | None, blur_px: float,
+def camera_frame(rgb: np.ndarray, ref: dict, rng: np.random.Generator, eye_px: float | None, blur_px: float,
                  jpeg: int | None) -> tuple[np.ndarray, dict]:
-    """``bgr`` as a camera further away gives it (module doc) and ``ref`` moved into that frame."""
-    from maskfr.training.train import motion_kernel
+    """RGB ``rgb`` as a camera further away gives it (module doc) and ``ref`` moved into that frame."""
+    from maskfr.training.train import degrade
     if eye_px:
         s = eye_px / np.linalg.norm(ref["five"][1] - ref["five"][0])
-        small = cv2.resize(bgr, (max(1, round(bgr.shape[1] * s)), max(1, round(bgr.shape[0] * s))),
+        small = cv2.resize(rgb, (max(1, round(rgb.shape[1] * s)), max(1, round(rgb.shape[0] * s))),
                            interpolation=cv2.INTER_AREA)
         if small.shape[0] > 480 or small.shape[1] > 640:
             raise ValueError(f"--eye-px {eye_px}: the face would not fit a 640x480 frame")
@@ -141,12 +141,17 @@ def camera_frame(bgr: np.ndarray, ref: dict, rng: np.random.Generator, eye_px: f
         off = np.array([x, y], np.float32)
         ref = {"box": ref["box"] * s + np.tile(off, 2), "five": ref["five"] * s + off, "lm68": ref["lm68"] * s + off}
     else:
-        frame = bgr
-    if blur_px > 1.0:
-        frame = cv2.filter2D(frame, -1, motion_kernel(blur_px, rng.uniform(0, 180)), borderType=cv2.BORDER_REFLECT)
-    if jpeg is not None:
-        frame = cv2.imdecode(cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, jpeg])[1], cv2.IMREAD_COLOR)
-    return frame, ref
+        frame = rgb
+    # the training augmentation's blur and JPEG, on the whole frame at its size
+    return degrade(frame, 1.0, blur_px, rng.uniform(0, 180), jpeg), ref
+
+
+def add_camera_args(ap: argparse.ArgumentParser) -> None:
+    """The options of :func:`camera_frame` and the detector's smallest face (shared with end_to_end.py)."""
+    ap.add_argument("--eye-px", type=float, help="shrink faces to this eye distance in a 640x480 frame")
+    ap.add_argument("--blur-px", type=float, default=0.0, help="motion blur length, frame pixels")
+    ap.add_argument("--jpeg", type=int, help="JPEG quality of the frame")
+    ap.add_argument("--min-face", type=int, default=20, help="MTCNN's smallest face side, pixels")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -166,10 +171,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="mask family drawn on the faces (as `maskfr eval --mask-style`)")
     ap.add_argument("--timing-frames", type=int, default=20)
     ap.add_argument("--no-hog", action="store_true", help="leave out dlib's HOG detector (the slowest row)")
-    ap.add_argument("--eye-px", type=float, help="shrink faces to this eye distance in a 640x480 frame")
-    ap.add_argument("--blur-px", type=float, default=0.0, help="motion blur length, frame pixels")
-    ap.add_argument("--jpeg", type=int, help="JPEG quality of the frame")
-    ap.add_argument("--min-face", type=int, default=20, help="MTCNN's smallest face side, pixels")
+    add_camera_args(ap)
     ap.add_argument("--heldout", metavar="CELEBA", help="leave out the images `mtcnn prepare` trains on "
                     "(pass the CelebA root it used), for choosing settings on folds 1-5 people")
     args = ap.parse_args(argv)
@@ -197,15 +199,14 @@ def main(argv: list[str] | None = None) -> None:
     for i, (p, ref) in enumerate(zip(paths, refs)):
         if ref is None:
             continue
-        bgr = cv2.imread(p)
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        masked = cv2.cvtColor(synth(rgb, ref["lm68"], np.random.default_rng(i))[0], cv2.COLOR_RGB2BGR)
+        rgb = cv2.cvtColor(cv2.imread(p), cv2.COLOR_BGR2RGB)
+        masked = synth(rgb, ref["lm68"], np.random.default_rng(i))[0]
         corners = corner_over_centre(ref)
         frames = [camera_frame(im, ref, np.random.default_rng([args.seed, i]), args.eye_px, args.blur_px, args.jpeg)
-                  for im in (bgr, masked)]
+                  for im in (rgb, masked)]
         ref = frames[0][1]
         for name, fn in detectors.items():
-            for cond, img in zip(("unmasked", "masked"), (f[0] for f in frames)):
+            for cond, img in zip(("unmasked", "masked"), (cv2.cvtColor(f[0], cv2.COLOR_RGB2BGR) for f in frames)):
                 found, err, extra = score_image(fn(img), ref, img.shape)
                 s = stats[name][cond]
                 s["found"].append(found)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from detection import _centre_dist, camera_frame  # benchmarks/detection.py: the same rules and frames
+from detection import _centre_dist, add_camera_args, camera_frame  # benchmarks/detection.py: same rules, frames
 
 from maskfr.cli import MASK_STYLES
 from maskfr.detector import box_iou
@@ -82,10 +82,9 @@ def run_pipelines(pipelines: dict[str, Pipeline], paths: list[str], index: np.nd
         if camera:
             ref = {"box": f["box"], "five": five_from_68(f["lm68"]), "lm68": f["lm68"]}
             for m, rgb in frames.items():  # the same blur direction for both copies of a face
-                bgr, moved = camera_frame(np.ascontiguousarray(rgb[..., ::-1]), ref,
-                                          np.random.default_rng([camera["seed"], i]), camera["eye_px"],
-                                          camera["blur_px"], camera["jpeg"])
-                frames[m], ref_box = np.ascontiguousarray(bgr[..., ::-1]), moved["box"]
+                frames[m], moved = camera_frame(rgb, ref, np.random.default_rng([camera["seed"], i]),
+                                                camera["eye_px"], camera["blur_px"], camera["jpeg"])
+                ref_box = moved["box"]
         for masked, rgb in frames.items():
             for k in order:
                 t = time.perf_counter()
@@ -119,10 +118,7 @@ def main() -> None:
     ap.add_argument("--mask-style", choices=list(MASK_STYLES), default="mixed",
                     help="mask family (as `maskfr eval --mask-style`; reads that command's cache)")
     ap.add_argument("--baseline", choices=["face_recognition"], help="also run this library on the same frames")
-    ap.add_argument("--eye-px", type=float, help="faces shrunk to this eye distance in a 640x480 frame")
-    ap.add_argument("--blur-px", type=float, default=0.0, help="motion blur length, frame pixels")
-    ap.add_argument("--jpeg", type=int, help="JPEG quality of the frame")
-    ap.add_argument("--min-face", type=int, help="our detector's smallest face side, pixels (default 20)")
+    add_camera_args(ap)
     ap.add_argument("--threads", type=int, help="ONNX Runtime threads for our detector and model (default: all cores)")
     ap.add_argument("--out", type=Path, default=fc.CACHE_ROOT / "eval" / "end_to_end")
     a = ap.parse_args()

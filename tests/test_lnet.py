@@ -137,6 +137,24 @@ def test_onnx_parity(tmp_path: Path) -> None:
     assert got.shape == (3, 10) and np.abs(got - want).max() < 1e-4
 
 
+def test_from_onnx_restores_the_packaged_net_and_trains_on_it(tmp_path: Path) -> None:
+    """The packaged LNet read back from ONNX answers as the file does, and training on from it moves the
+    weights but never the folded BatchNorms' frozen statistics."""
+    import onnxruntime as ort
+    x = torch.randn(4, 3, lnet.INPUT, lnet.INPUT, generator=torch.Generator().manual_seed(2))
+    path = MODELS_DIR / "mtcnn_lnet.onnx"
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    net = lnet.from_onnx(path)
+    with torch.no_grad():
+        assert np.abs(net.eval()(x).numpy() - want).max() < 1e-4
+    faces, lm = _toy_faces()
+    trained = lnet.train(faces, lm, epochs=1, batch=16, out_dir=tmp_path, init=path)
+    bn = trained.features[0][1]
+    assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+    assert torch.allclose(bn.running_var, torch.full_like(bn.running_var, 1 - bn.eps))
+    assert not torch.equal(trained.features[0][0].weight, net.features[0][0].weight)
+
+
 def test_detector_maps_lnet_points_to_frame_pixels(tmp_path: Path) -> None:
     """An LNet that always answers the same fractions: the detector averages them with their mirror
     image (the answer on the mirrored crop, mapped back) and places the result on the squared final

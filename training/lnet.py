@@ -44,6 +44,33 @@ class LNet(nn.Module):
         return self.head(self.features(x)) + 0.5  # fractions around the box centre
 
 
+def from_onnx(path: str | Path, width: int = 32) -> LNet:
+    """A packaged ``mtcnn_lnet.onnx`` back in :class:`LNet`'s layout, to train on from it.
+
+    The exporter folded each BatchNorm into its conv; here each BatchNorm becomes ``x + bias`` (running mean 0,
+    variance 1 - eps, scale 1), so its running statistics must stay frozen (:func:`train` keeps them in eval
+    mode) while its scale and bias train on.
+    """
+    import onnx
+    from onnx import numpy_helper
+    model = onnx.load(str(path))
+    inits = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in model.graph.initializer}
+    convs = [n.input[1:] for n in model.graph.node if n.op_type == "Conv"]
+    linears = [n.input[1:] for n in model.graph.node if n.op_type == "Gemm"]
+    net = LNet(width)
+    for block, (w, b) in zip(net.features, convs, strict=True):
+        conv, bn = block[0], block[1]
+        conv.weight.data.copy_(inits[w])
+        bn.weight.data.fill_(1.0)
+        bn.bias.data.copy_(inits[b])
+        bn.running_mean.zero_()
+        bn.running_var.fill_(1.0 - bn.eps)
+    for lin, (w, b) in zip((net.head[1], net.head[3]), linears, strict=True):
+        lin.weight.data.copy_(inits[w])
+        lin.bias.data.copy_(inits[b])
+    return net
+
+
 def jitter(faces: torch.Tensor, lm: torch.Tensor, gen: torch.Generator, rotate: float = 15.0,
            scale: float = 0.1, shift: float = 0.08) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut INPUT x INPUT views out of stored padded crops with random rotation, scale, shift and
@@ -104,12 +131,15 @@ def train(faces: np.ndarray, lm: np.ndarray, epochs: int = 30, lr: float = 2e-3,
           width: int = 32) -> LNet:
     """AdamW, learning rate warmed up then cosine-decayed; resumes from the per-epoch checkpoint in ``out_dir``.
 
-    ``init``: a finished run's ``lnet.pt`` to start from (a second, usually lower-rate cosine cycle).
+    ``init``: a finished run's ``lnet.pt``, or a packaged ``.onnx`` (:func:`from_onnx`; its BatchNorm
+    statistics stay frozen), to start from (a second, usually lower-rate cosine cycle).
     """
     torch.manual_seed(seed)
-    net = LNet(width).to(memory_format=torch.channels_last)
-    if init is not None:
+    frozen_bn = init is not None and str(init).endswith(".onnx")
+    net = from_onnx(init, width) if frozen_bn else LNet(width)
+    if init is not None and not frozen_bn:
         net.load_state_dict(torch.load(init, weights_only=True)["net"])
+    net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     steps = math.ceil(len(faces) / batch)
     n_steps, warm = epochs * steps, max(1, epochs * steps // 20)  # a short warm-up: the first steps overshoot
@@ -119,6 +149,9 @@ def train(faces: np.ndarray, lm: np.ndarray, epochs: int = 30, lr: float = 2e-3,
     lm_t = torch.from_numpy(lm)
     for epoch in range(resume(ckpt, net, opt, sched), epochs):
         net.train()
+        for m in net.modules() if frozen_bn else ():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
         gen = torch.Generator().manual_seed(seed * 1000 + epoch)
         perm = torch.randperm(len(faces), generator=gen).numpy()
         total = 0.0
@@ -155,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", default=str(CACHE / "data"))
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the cosine schedule")
-    ap.add_argument("--init", help="start from this lnet.pt (weights only) instead of random weights")
+    ap.add_argument("--init", help="start from this lnet.pt (weights only) or packaged mtcnn_lnet.onnx "
+                    "instead of random weights")
     ap.add_argument("--width", type=int, default=32, help="channels of the first conv (the packaged net: 32)")
     ap.add_argument("--ckpt-dir", default=str(CACHE / "lnet"))
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "sdk" / "models" / "mtcnn_lnet.onnx"))

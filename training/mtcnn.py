@@ -182,6 +182,10 @@ CACHE = Path.home() / ".cache" / "maskfr" / "mtcnn"
 SIZES = {"pnet": 12, "rnet": 24, "onet": 48}
 POS, PART, NEG = 1, -1, 0
 CHUNK = 100
+# Camera degradations drawn on a share of the prepared copies (``prepare(degrade=)``), in LFW-frame pixels where
+# the eyes are ~40 apart: shrunk to as little as a quarter, moving up to 12 pixels during the exposure, JPEG.
+# The detector then sees blurred, blocky faces as faces (benchmarks/RESULTS.md, "Small, blurred and compressed").
+CAMERA = dict(min_scale=0.25, p_blur=0.5, max_blur_px=12.0, p_jpeg=0.5, jpeg_quality=(25, 90))
 # Landmark-stage faces: a square around the box target, FACE_PAD times its side, stored at FACE_SIDE
 # pixels so training can cut jittered, rotated boxes out of it at LNet's input size.
 FACE_SIDE, FACE_PAD = 96, 1.5
@@ -268,16 +272,18 @@ def _landmark_faces(rgb, gts: list[tuple]) -> dict:
 
 
 def prepare(paths: list[str], out_dir: str | Path, masks_root: str | Path, seed: int = 0,
-            part: int = 0, parts: int = 1, masked_copies: int = 3) -> Path:
+            part: int = 0, parts: int = 1, masked_copies: int = 3, degrade: float = 0.0) -> Path:
     """Labelled crops from these images, unmasked and ``masked_copies`` times freshly masked, in
     resumable chunks under ``out_dir``; process ``part`` of ``parts`` does every ``parts``-th chunk,
-    so several can run at once."""
+    so several can run at once. A ``degrade`` share of the copies pass through :data:`CAMERA`'s
+    degradations after masking; boxes and points stay those of the sharp unmasked image."""
     import cv2
     import numpy as np
     from tqdm import tqdm
 
     from maskfr.detector import FaceDetector
     from maskfr.training.masks import MaskSynth
+    from maskfr.training.train import random_degrade
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     teacher = FaceDetector(models_dir=CACHE / "orig", backend="cpu", pnet_threshold=0.5, threads=1)
@@ -293,12 +299,13 @@ def prepare(paths: list[str], out_dir: str | Path, masks_root: str | Path, seed:
             faces, occupied = _faces(rgb, teacher)
             if not faces:
                 continue
-            crops.append(_samples(rgb, faces, occupied, teacher, rng))
-            for _ in range(masked_copies):
-                masked = rgb
-                for _, _, lm68 in faces:
-                    masked = synth(masked, lm68, rng)[0]
-                crops.append(_samples(masked, faces, occupied, teacher, rng))
+            for copy in range(1 + masked_copies):  # copy 0 unmasked, the others freshly masked
+                img = rgb
+                for _, _, lm68 in (faces if copy else []):
+                    img = synth(img, lm68, rng)[0]
+                if degrade and rng.random() < degrade:  # no draw at 0: older data stays reproducible
+                    img = random_degrade(img, rng, **CAMERA)
+                crops.append(_samples(img, faces, occupied, teacher, rng))
         if not crops:
             continue
         tmp = dst.with_suffix(".tmp.npz")
@@ -436,6 +443,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-celeba", type=int, default=3500)
     p.add_argument("--part", default="0/1", help="k/K: this process's share of the chunks")
     p.add_argument("--masked-copies", type=int, default=3)
+    p.add_argument("--degrade", type=float, default=0.0, help="share of copies given camera blur, shrink and JPEG")
     f = sub.add_parser("finetune", help="fine-tune, then export to OUT/mtcnn_*.onnx")
     f.add_argument("--nets", default="pnet,rnet,onet")
     f.add_argument("--epochs", default="3,5,4", help="one count, or one per net in --nets")
@@ -450,7 +458,7 @@ def main(argv: list[str] | None = None) -> None:
     elif a.cmd == "prepare":
         k, _, n = a.part.partition("/")
         prepare(training_paths(a.lfw, a.celeba, a.n_lfw, a.n_celeba), a.data, a.masks, part=int(k), parts=int(n),
-                masked_copies=a.masked_copies)
+                masked_copies=a.masked_copies, degrade=a.degrade)
     else:
         nets = {n: from_onnx(Path(a.init) / f"mtcnn_{n}.onnx", n) for n in NETS}
         names = a.nets.split(",")

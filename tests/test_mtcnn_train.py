@@ -1,5 +1,5 @@
-"""MTCNN fine-tuning pieces: mirrored targets follow the pixels, the loss terms, and a tiny
-fine-tuning run that lowers the loss and resumes from its checkpoint exactly."""
+"""MTCNN fine-tuning pieces: mirrored targets follow the pixels, the loss terms, a tiny fine-tuning run
+that lowers the loss and resumes from its checkpoint exactly, and camera-degraded data preparation."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -94,3 +94,25 @@ def test_finetune_learns_and_resumes_exactly(tmp_path: Path, monkeypatch: pytest
     resumed = mtcnn.finetune(data, epochs=3, out_dir=tmp_path / "b", **kw)  # ... and carried on
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_prepare_degrades_copies_but_keeps_their_targets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``prepare(degrade=1)``: every copy is camera-degraded (softer pixels), while the points it trains on
+    still come from the sharp original (dlib on the public astronaut portrait; packaged nets as the teacher)."""
+    import cv2
+    pytest.importorskip("dlib")
+    pytest.importorskip("face_recognition_models")
+    from test_detector import public_faces
+    (tmp_path / "orig").symlink_to(MODELS_DIR)
+    monkeypatch.setattr(mtcnn, "CACHE", tmp_path)
+    path = tmp_path / "face.png"
+    cv2.imwrite(str(path), public_faces()[0])
+    sharp, soft = (np.load(mtcnn.prepare([str(path)], tmp_path / name, None, masked_copies=1, degrade=d) / "0000000.npz")
+                   for name, d in (("sharp", 0.0), ("soft", 1.0)))
+    assert len(sharp["face"]) == len(soft["face"]) == 2  # one face, unmasked and masked
+    np.testing.assert_array_equal(sharp["face_lm"], soft["face_lm"])
+
+    def detail(faces: np.ndarray) -> float:
+        return float(np.mean([cv2.Laplacian(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var() for f in faces]))
+
+    assert detail(soft["face"]) < 0.5 * detail(sharp["face"])  # measured: 277 against 1244

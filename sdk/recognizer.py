@@ -4,7 +4,10 @@ Input conventions (one function, :func:`load_image`, applies them everywhere):
 
 * a path or bytes is decoded with OpenCV; missing files, empty files and non-images raise;
 * arrays must be uint8 or uint16 (scaled by 1/257) with 1 (grayscale), 3 (BGR) or 4 (BGRA,
-  alpha dropped) channels; anything else raises :class:`ImageError`;
+  alpha dropped) channels; anything else raises :class:`ImageError`. Colour arrays are BGR as
+  OpenCV gives them; pass ``channels="rgb"`` for RGB ones (PIL, imageio, face_recognition's
+  ``load_image_file``): the detector, given swapped colours, finds about half of the faces;
+* PIL images are read by their own mode (RGB, RGBA, L, I;16, palette ...), whatever ``channels`` says;
 * images over ``MAX_PIXELS`` are refused; frames longer than ``max_side`` are shrunk for
   detection only, and faces are aligned from the full-resolution frame.
 
@@ -80,8 +83,33 @@ class Identification:
     identity: str | None = None
 
 
-def load_image(src: str | Path | bytes | np.ndarray) -> np.ndarray:
-    """Any supported input -> BGR uint8 (H, W, 3), applying the conversions in the module docstring."""
+def _check_channels(channels: str) -> None:
+    if channels not in ("bgr", "rgb"):
+        raise ValueError(f"channels must be 'bgr' or 'rgb', got {channels!r}")
+
+
+def _is_pil(src: Any) -> bool:
+    return type(src).__module__.startswith("PIL.") and hasattr(src, "convert")
+
+
+def _from_pil(img: Any) -> np.ndarray:
+    """A PIL image -> an array in this module's conventions (grey, BGR or BGRA), without importing PIL."""
+    if img.mode in ("L", "I;16", "I;16L", "I;16B"):
+        arr = np.asarray(img)
+        return arr.astype(np.uint16) if arr.dtype.kind == "u" and arr.itemsize == 2 else arr
+    alpha = "A" in img.getbands() or "transparency" in img.info
+    rgb = np.asarray(img.convert("RGBA" if alpha else "RGB"))
+    return np.ascontiguousarray(np.concatenate([rgb[..., 2::-1], rgb[..., 3:]], axis=2))
+
+
+def load_image(src: Any, channels: str = "bgr") -> np.ndarray:
+    """Any supported input -> BGR uint8 (H, W, 3), applying the conversions in the module docstring.
+
+    channels: colour order of 3- and 4-channel arrays, ``"bgr"`` (OpenCV) or ``"rgb"``.
+    """
+    _check_channels(channels)
+    if _is_pil(src):
+        return load_image(_from_pil(src))
     if isinstance(src, (str, Path)):
         path = Path(src)
         if not path.is_file():
@@ -107,6 +135,8 @@ def load_image(src: str | Path | bytes | np.ndarray) -> np.ndarray:
         raise ImageError(f"image must be (H, W), (H, W, 3) or (H, W, 4), got {img.shape}")
     if img.shape[0] * img.shape[1] > MAX_PIXELS:
         raise ImageError(f"image {img.shape[1]}x{img.shape[0]} exceeds {MAX_PIXELS} pixels")
+    if channels == "rgb" and img.ndim == 3:
+        img = np.concatenate([img[..., 2::-1], img[..., 3:]], axis=2)
     if img.dtype == np.uint16:
         img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
     elif img.dtype != np.uint8:
@@ -186,12 +216,16 @@ class FaceRecognizer:
     min_face: smallest face side the default detector looks for, in pixels (default: the detector's, 20); 12
     finds faces down to an eye distance of ~9 pixels at about twice the detection time (benchmarks/RESULTS.md,
     "Small, blurred and compressed faces").
+    channels: colour order of the arrays you pass, ``"bgr"`` (OpenCV, the default) or ``"rgb"`` (PIL, imageio,
+    face_recognition); paths, bytes and PIL images are decoded right either way.
     """
 
     def __init__(self, model: str | Path | None = None, detector: Any = None, backend: str = "auto",
                  preprocess_backend: str = "auto", threshold: float | None = None, batch_size: int = 32,
                  max_side: int = 4096, mask_classifier: MaskClassifier | None | str = "default",
-                 threads: int | None = None, min_face: int | None = None):
+                 threads: int | None = None, min_face: int | None = None, channels: str = "bgr"):
+        _check_channels(channels)
+        self.channels = channels
         if detector is not None and min_face is not None:
             raise ValueError("min_face sets the default detector; give it to your own detector instead")
         path = Path(model) if model is not None else DEFAULT_MODEL
@@ -222,7 +256,9 @@ class FaceRecognizer:
     # -- detection --------------------------------------------------------------------------
     def detect(self, frame: Any, index: int = 0) -> list[Face]:
         """Faces in one frame (any :func:`load_image` input), largest first."""
-        img = load_image(frame)
+        return self._detect(load_image(frame, self.channels), index)
+
+    def _detect(self, img: np.ndarray, index: int) -> list[Face]:
         h, w = img.shape[:2]
         scale = min(1.0, self.max_side / max(h, w))
         small = cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else img
@@ -258,8 +294,8 @@ class FaceRecognizer:
 
     def analyze(self, frames: Iterable[Any]) -> list[list[Face]]:
         """Detect every face in every frame, then embed and mask-classify them all in batches."""
-        imgs = [load_image(f) for f in frames]
-        per_frame = [self.detect(img, i) for i, img in enumerate(imgs)]
+        imgs = [load_image(f, self.channels) for f in frames]
+        per_frame = [self._detect(img, i) for i, img in enumerate(imgs)]
         flat = [f for faces in per_frame for f in faces]
         if flat:
             self._annotate(flat, self._inputs(imgs, flat))
@@ -270,14 +306,14 @@ class FaceRecognizer:
 
         images: one image or a list (paths, arrays, bytes). With ``aligned=False`` every face of
         every frame is embedded, frame by frame, largest first (N may be 0). With
-        ``aligned=True`` each image is an already aligned 112x112 crop (BGR like any frame).
+        ``aligned=True`` each image is an already aligned 112x112 crop (colour order like any frame).
         """
-        items = [images] if isinstance(images, (str, Path, bytes)) or (
+        items = [images] if isinstance(images, (str, Path, bytes)) or _is_pil(images) or (
             isinstance(images, np.ndarray) and images.ndim in (2, 3)) else list(images)
         if not aligned:
             embs = [f.embedding for faces in self.analyze(items) for f in faces]
             return np.stack(embs) if embs else np.zeros((0, self._dim()), np.float32)
-        crops = [load_image(c) for c in items]
+        crops = [load_image(c, self.channels) for c in items]
         bad = [c.shape for c in crops if c.shape[:2] != (SIZE, SIZE)]
         if bad:
             raise ImageError(f"aligned crops must be {SIZE}x{SIZE}, got {bad[0][:2]}")

@@ -118,6 +118,37 @@ def test_documented_conversions(tmp_path):
             load_image(bad)
 
 
+def test_rgb_arrays_and_pil_images(model, tmp_path):
+    """RGB arrays (channels="rgb") and PIL images of every common mode give what the BGR array gives."""
+    Image = pytest.importorskip("PIL.Image")
+    bgr = draw_faces([(1, 20, 30, 96)])
+    rgb = np.ascontiguousarray(bgr[..., ::-1])
+    np.testing.assert_array_equal(load_image(rgb, "rgb"), bgr)
+    np.testing.assert_array_equal(load_image(np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)]), "rgb"), bgr)
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    np.testing.assert_array_equal(load_image(gray, "rgb"), load_image(gray))  # grey has no channel order
+    pil = Image.fromarray(rgb)
+    grey_pil = pil.convert("L")
+    for img, want in ((pil, bgr), (pil.convert("RGBA"), bgr), (grey_pil, load_image(np.asarray(grey_pil))),
+                      (Image.fromarray(gray.astype(np.uint16) * 257), load_image(gray))):
+        for channels in ("bgr", "rgb"):  # a PIL image knows its own mode
+            np.testing.assert_array_equal(load_image(img, channels), want)
+    paletted = pil.convert("P", palette=Image.Palette.ADAPTIVE, colors=256)
+    np.testing.assert_array_equal(load_image(paletted), np.asarray(paletted.convert("RGB"))[..., ::-1])
+    with pytest.raises(ValueError, match="channels"):
+        load_image(bgr, "RGB ")
+    with pytest.raises(ValueError, match="channels"):
+        FaceRecognizer(model, detector=MarkerDetector(), channels="bgra")
+    # the recognizer reads every input in the order it was told, once (analyze, detect, embed)
+    want = FaceRecognizer(model, detector=MarkerDetector()).embed(bgr)
+    as_rgb = FaceRecognizer(model, detector=MarkerDetector(), channels="rgb")
+    np.testing.assert_allclose(as_rgb.embed(rgb), want, atol=1e-6)
+    np.testing.assert_allclose(as_rgb.embed(pil), want, atol=1e-6)
+    np.testing.assert_allclose(as_rgb.detect(rgb)[0].box, as_rgb.detect(pil)[0].box)
+    cv2.imwrite(str(tmp_path / "face.png"), bgr)
+    np.testing.assert_allclose(as_rgb.embed(tmp_path / "face.png"), want, atol=1e-6)
+
+
 def test_huge_images(model, monkeypatch):
     import maskfr.recognizer as r
     monkeypatch.setattr(r, "MAX_PIXELS", 1000)

@@ -4,9 +4,10 @@ A camera a few metres away gives faces of 30-60 pixels, which the alignment scal
 walking person smears them, and the stream is compressed. Each condition (``--conditions``, comma-separated)
 degrades the oracle-aligned crops of the LFW cache with ``maskfr.training.train.degrade``, tokens joined by
 ``+``: ``N`` shrinks the crop to N pixels across, ``blurL`` smears it with an L-pixel motion blur (one random
-direction per image), ``jpegQ`` JPEG-compresses it at quality Q (at the small size). dlib's 150x150 chips show
-the face 1.5x larger; they get the same degradation at the same pixels per face. ``112`` alone is the cache as
-is. Pairs of the chosen folds, masked and not, each model against the teacher pair by pair:
+direction per image), ``jpegQ`` JPEG-compresses it at quality Q (at the small size), ``grey`` keeps the
+luma only (a night camera in infrared mode, roughly: skin and eyes look different in real infrared). dlib's
+150x150 chips show the face 1.5x larger; they get the same degradation at the same pixels per face. ``112``
+alone is the cache as is. Pairs of the chosen folds, masked and not, each model against the teacher pair by pair:
 
     python benchmarks/camera_degradation.py --lfw ../shared/data/lfw --model sdk/models/g2d_student.onnx \
         --conditions 112,56,40,28,blur7,jpeg30,40+blur5+jpeg50
@@ -28,17 +29,19 @@ CHIP_FACE_SCALE = 1.5
 
 
 def parse_condition(text: str) -> dict:
-    """``"40+blur5+jpeg50"`` -> ``dict(px=40, blur_px=5.0, jpeg_quality=50)``."""
-    cond = dict(px=112, blur_px=0.0, jpeg_quality=None)
+    """``"40+blur5+jpeg50"`` -> ``dict(px=40, blur_px=5.0, jpeg_quality=50, grey=False)``."""
+    cond = dict(px=112, blur_px=0.0, jpeg_quality=None, grey=False)
     for tok in text.split("+"):
-        if tok.startswith("blur"):
+        if tok == "grey":
+            cond["grey"] = True
+        elif tok.startswith("blur"):
             cond["blur_px"] = float(tok[4:])
         elif tok.startswith("jpeg"):
             cond["jpeg_quality"] = int(tok[4:])
         elif tok.isdigit():
             cond["px"] = int(tok)
         else:
-            raise ValueError(f"condition {text!r}: {tok!r} is none of N, blurL, jpegQ")
+            raise ValueError(f"condition {text!r}: {tok!r} is none of N, blurL, jpegQ, grey")
     return cond
 
 
@@ -52,7 +55,8 @@ def degraded(sub: dict, cond: dict, seed: int) -> dict:
     for keys, scale, blur in ((("img112", "img112_masked"), s, cond["blur_px"]),
                               (("chip150", "chip150_masked"), s / CHIP_FACE_SCALE, cond["blur_px"] * CHIP_FACE_SCALE)):
         for k in keys:
-            out[k] = np.stack([degrade(im, scale, blur, d, cond["jpeg_quality"]) for im, d in zip(sub[k], deg)])
+            out[k] = np.stack([degrade(im, scale, blur, d, cond["jpeg_quality"], cond["grey"])
+                               for im, d in zip(sub[k], deg)])
     return out
 
 

@@ -18,7 +18,8 @@ landmarks, seeded by the image's index in the sample. Per detector and condition
 Small and degraded faces, as a camera further away gives them: ``--eye-px N`` shrinks each image (area
 average) until its reference eye-centre distance is N pixels and pastes it in the middle of a grey 640x480
 frame; ``--blur-px L`` then smears it with an L-pixel motion blur (one random direction per image) and
-``--jpeg Q`` JPEG-compresses the whole frame. ``--min-face`` sets the MTCNN detectors' smallest face.
+``--jpeg Q`` JPEG-compresses the whole frame, and ``--grey`` keeps its luma only (a night camera in infrared
+mode, roughly). ``--min-face`` sets the MTCNN detectors' smallest face.
 
     PYTHONPATH=... python benchmarks/detection.py --lfw ../shared/data/lfw --masks ../shared/data/masks
 """
@@ -126,7 +127,7 @@ def make_detectors(mtcnn_dirs: dict[str, str], thresholds: list[str] = (), hog: 
 
 
 def camera_frame(rgb: np.ndarray, ref: dict, rng: np.random.Generator, eye_px: float | None, blur_px: float,
-                 jpeg: int | None) -> tuple[np.ndarray, dict]:
+                 jpeg: int | None, grey: bool = False) -> tuple[np.ndarray, dict]:
     """RGB ``rgb`` as a camera further away gives it (module doc) and ``ref`` moved into that frame."""
     from maskfr.training.train import degrade
     if eye_px:
@@ -142,8 +143,8 @@ def camera_frame(rgb: np.ndarray, ref: dict, rng: np.random.Generator, eye_px: f
         ref = {"box": ref["box"] * s + np.tile(off, 2), "five": ref["five"] * s + off, "lm68": ref["lm68"] * s + off}
     else:
         frame = rgb
-    # the training augmentation's blur and JPEG, on the whole frame at its size
-    return degrade(frame, 1.0, blur_px, rng.uniform(0, 180), jpeg), ref
+    # the training augmentation's blur, JPEG and grey, on the whole frame at its size
+    return degrade(frame, 1.0, blur_px, rng.uniform(0, 180), jpeg, grey), ref
 
 
 def add_camera_args(ap: argparse.ArgumentParser) -> None:
@@ -151,6 +152,7 @@ def add_camera_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--eye-px", type=float, help="shrink faces to this eye distance in a 640x480 frame")
     ap.add_argument("--blur-px", type=float, default=0.0, help="motion blur length, frame pixels")
     ap.add_argument("--jpeg", type=int, help="JPEG quality of the frame")
+    ap.add_argument("--grey", action="store_true", help="luma only, as a night camera in infrared mode gives")
     ap.add_argument("--min-face", type=int, default=20, help="MTCNN's smallest face side, pixels")
 
 
@@ -202,8 +204,8 @@ def main(argv: list[str] | None = None) -> None:
         rgb = cv2.cvtColor(cv2.imread(p), cv2.COLOR_BGR2RGB)
         masked = synth(rgb, ref["lm68"], np.random.default_rng(i))[0]
         corners = corner_over_centre(ref)
-        frames = [camera_frame(im, ref, np.random.default_rng([args.seed, i]), args.eye_px, args.blur_px, args.jpeg)
-                  for im in (rgb, masked)]
+        frames = [camera_frame(im, ref, np.random.default_rng([args.seed, i]), args.eye_px, args.blur_px, args.jpeg,
+                               args.grey) for im in (rgb, masked)]
         ref = frames[0][1]
         for name, fn in detectors.items():
             for cond, img in zip(("unmasked", "masked"), (cv2.cvtColor(f[0], cv2.COLOR_RGB2BGR) for f in frames)):
@@ -230,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     n_ref = sum(r is not None for r in refs)
     print(f"LFW folds {args.folds}: {len(paths)} images (seed {args.seed}), {n_ref} with a dlib reference "
           f"(unmasked HOG box nearest the centre); masked = MaskSynth ({args.mask_style}) seeded by image index; "
-          f"eye distance {args.eye_px or 'as in LFW'} px, blur {args.blur_px} px, JPEG {args.jpeg}, "
+          f"eye distance {args.eye_px or 'as in LFW'} px, blur {args.blur_px} px, JPEG {args.jpeg}, grey {args.grey}, "
           f"MTCNN min_face {args.min_face}\n")
     print("| detector | found unmasked | found masked | 5-pt err unmasked | 5-pt err masked "
           "| 5-pt err, outer eye corners, unmasked / masked "

@@ -14,8 +14,9 @@ landmarks, same seed), and scores the pairs of the chosen folds:
   frames, timed image by image alongside ours, and both scored at their out-of-the-box thresholds too
   (face_recognition: distance <= 0.6; maskfr: the model's recommended similarities, FAR 1e-3 the default).
 
-``--eye-px N [--blur-px L] [--jpeg Q]`` give every frame, masked or not, as a camera further away would (the
-face shrunk to an N-pixel eye distance in a 640x480 frame, smeared, compressed: ``detection.camera_frame``);
+``--eye-px N [--blur-px L] [--jpeg Q] [--grey]`` give every frame, masked or not, as a camera further away would
+(the face shrunk to an N-pixel eye distance in a 640x480 frame, smeared, compressed, luma only as a night camera
+gives: ``detection.camera_frame``);
 the oracle rows, which need dlib's sharp crops, are then left out. ``--min-face`` sets our detector's smallest
 face.
 
@@ -68,7 +69,7 @@ def run_pipelines(pipelines: dict[str, Pipeline], paths: list[str], index: np.nd
                   dim: dict[str, int], camera: dict | None = None) -> dict[str, dict]:
     """Per pipeline, image and condition: the embedding of the face matching dlib's box (zeros + found=False if
     none), and seconds per call. Pipelines take turns on each frame, the order alternating, so their timings
-    share the machine's state. ``camera``: ``camera_frame``'s ``eye_px``, ``blur_px``, ``jpeg`` and ``seed``."""
+    share the machine's state. ``camera``: ``camera_frame``'s ``eye_px``, ``blur_px``, ``jpeg``, ``grey``, ``seed``."""
     from tqdm import tqdm
     out = {k: {"emb": {m: np.zeros((len(paths), dim[k]), np.float32) for m in (False, True)},
                "found": {m: np.zeros(len(paths), bool) for m in (False, True)},
@@ -83,7 +84,7 @@ def run_pipelines(pipelines: dict[str, Pipeline], paths: list[str], index: np.nd
             ref = {"box": f["box"], "five": five_from_68(f["lm68"]), "lm68": f["lm68"]}
             for m, rgb in frames.items():  # the same blur direction for both copies of a face
                 frames[m], moved = camera_frame(rgb, ref, np.random.default_rng([camera["seed"], i]),
-                                                camera["eye_px"], camera["blur_px"], camera["jpeg"])
+                                                camera["eye_px"], camera["blur_px"], camera["jpeg"], camera["grey"])
                 ref_box = moved["box"]
         for masked, rgb in frames.items():
             for k in order:
@@ -140,7 +141,8 @@ def main() -> None:
     pipelines, dim = {name: maskfr_pipeline(rec)}, {name: rec.new_gallery().dim}
     if a.baseline:
         pipelines[a.baseline], dim[a.baseline] = face_recognition_pipeline(), 128
-    camera = dict(eye_px=a.eye_px, blur_px=a.blur_px, jpeg=a.jpeg, seed=0) if a.eye_px or a.blur_px or a.jpeg else None
+    camera = (dict(eye_px=a.eye_px, blur_px=a.blur_px, jpeg=a.jpeg, grey=a.grey, seed=0)
+              if a.eye_px or a.blur_px or a.jpeg or a.grey else None)
     runs = run_pipelines(pipelines, sub["path"].tolist(), rows, MaskSynth(a.masks, MASK_STYLES[a.mask_style]), dim,
                          camera)
     lines = list(TABLE_HEADER)

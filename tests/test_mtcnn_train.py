@@ -1,5 +1,5 @@
-"""MTCNN fine-tuning pieces: mirrored targets follow the pixels, the loss terms, a tiny fine-tuning run
-that lowers the loss and resumes from its checkpoint exactly, and camera-degraded data preparation."""
+"""MTCNN fine-tuning pieces: mirrored targets follow the pixels, grey crops, the loss terms, a tiny fine-tuning
+run that lowers the loss and resumes from its checkpoint exactly, and camera-degraded data preparation."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,6 +31,17 @@ def test_mirror_moves_landmarks_with_the_pixels() -> None:
     assert np.allclose(reg2.numpy(), [[0.2, -0.05, -0.1, 0.15]])  # box edges swap sides
     same = mtcnn._mirror(crop, reg, lm, torch.tensor([float(side)]), np.array([False]))
     assert np.array_equal(same[0], crop) and torch.equal(same[2], lm)
+
+
+def test_grey_crops_are_luma_and_only_the_flagged_ones() -> None:
+    import cv2
+    x = np.random.default_rng(0).integers(0, 256, (6, 24, 24, 3), dtype=np.uint8)
+    which = np.array([True, False, True, True, False, False])
+    g = mtcnn._grey(x, which)
+    assert np.array_equal(g[~which], x[~which]) and g.dtype == np.uint8
+    assert all(np.array_equal(g[which][..., 0], g[which][..., c]) for c in (1, 2))
+    ref = np.stack([cv2.cvtColor(c, cv2.COLOR_RGB2GRAY) for c in x[which]])  # OpenCV rounds in fixed point
+    assert np.abs(g[which][..., 0].astype(int) - ref).max() <= 1
 
 
 def test_loss_terms_on_known_values() -> None:
@@ -78,7 +89,7 @@ def test_finetune_learns_and_resumes_exactly(tmp_path: Path, monkeypatch: pytest
             return float(sum(mtcnn._loss("onet", net.eval()(x), label.long(), reg, lm).values()))
 
     before = loss(mtcnn.from_onnx(MODELS_DIR / "mtcnn_onet.onnx", "onet"))
-    kw = dict(name="onet", lr=1e-3, batch=32, init_dir=MODELS_DIR)
+    kw = dict(name="onet", lr=1e-3, batch=32, init_dir=MODELS_DIR, p_grey=0.5)  # grey crops resume exactly too
     straight = mtcnn.finetune(data, epochs=3, out_dir=tmp_path / "a", **kw)
     assert loss(straight) < before
     replace = Path.replace

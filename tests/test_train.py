@@ -207,6 +207,21 @@ def test_degrade_steps_do_what_they_say():
                        cv2.IMREAD_COLOR)
     np.testing.assert_array_equal(degrade(img, 1.0, jpeg_quality=40), bgr[..., ::-1])
     assert degrade(img, 0.25, 3.0, 45.0, 50).shape == img.shape
+    # a monochrome sensor: the RGB image's luma in every channel
+    luma = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    np.testing.assert_array_equal(degrade(img, 1.0, grey=True), np.repeat(luma[..., None], 3, 2))
+
+
+def test_random_degrade_draws_grey_last_and_only_when_asked():
+    from maskfr.training.train import random_degrade
+    img = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    cam = dict(min_scale=0.5, p_blur=0.5, max_blur_px=5.0, p_jpeg=0.5)
+    before, after = np.random.default_rng(3), np.random.default_rng(3)
+    for _ in range(5):  # p_grey=0 leaves the draws (and images) of configs written before it exactly as they were
+        np.testing.assert_array_equal(random_degrade(img, before, **cam), random_degrade(img, after, **cam, p_grey=0.0))
+    assert before.random() == after.random()
+    out = random_degrade(img, np.random.default_rng(0), **cam, p_grey=1.0)
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.py")), ids=lambda p: p.stem)

@@ -351,10 +351,22 @@ def _mirror(xb: "np.ndarray", reg: torch.Tensor, lm: torch.Tensor, side: torch.T
     return xb, reg, lm
 
 
+def _grey(xb: "np.ndarray", which: "np.ndarray") -> "np.ndarray":
+    """The flagged RGB crops as a monochrome sensor gives them (BT.601 luma in all three channels): night
+    cameras in infrared mode, where the nets trained on colour alone miss faces."""
+    import numpy as np
+    luma = np.rint(xb[which].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.uint8)
+    out = xb.copy()
+    out[which] = luma[..., None]
+    return out
+
+
 def finetune(data_dir: str | Path, name: str, epochs: int = 3, lr: float = 5e-4, batch: int = 256,
-             out_dir: str | Path = CACHE / "finetune", init_dir: str | Path = CACHE / "orig") -> nn.Module:
+             out_dir: str | Path = CACHE / "finetune", init_dir: str | Path = CACHE / "orig",
+             p_grey: float = 0.0) -> nn.Module:
     """Fine-tune one net from the weights in ``init_dir`` (the as-shipped ones by default; Adam,
-    cosine-decayed learning rate); resumes from its per-epoch checkpoint in ``out_dir``."""
+    cosine-decayed learning rate); resumes from its per-epoch checkpoint in ``out_dir``. A ``p_grey``
+    share of each batch's crops is made monochrome (drawn only when above 0, so older runs reproduce)."""
     import math
 
     import numpy as np
@@ -382,6 +394,8 @@ def finetune(data_dir: str | Path, name: str, epochs: int = 3, lr: float = 5e-4,
             if side is not None:
                 flip = np.random.default_rng(epoch * 100_000 + b).random(len(idx)) < 0.5
                 xb, rb, lb = _mirror(xb, rb, lb, side[idx], flip)
+            if p_grey > 0:
+                xb = _grey(xb, np.random.default_rng([epoch, b, 1]).random(len(idx)) < p_grey)
             xt = torch.from_numpy(to_net_input(xb)).contiguous(memory_format=torch.channels_last)
             terms = _loss(name, net(xt), label[idx], rb, lb)
             opt.zero_grad()
@@ -451,6 +465,7 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--init", default=str(CACHE / "orig"), help="nets to start from (and to export unchanged "
                    "when not in --nets)")
     f.add_argument("--ckpt-dir", default=str(CACHE / "finetune"), help="per-epoch checkpoints (resumed)")
+    f.add_argument("--p-grey", type=float, default=0.0, help="share of crops made monochrome (night cameras)")
     a = ap.parse_args(argv)
     if a.cmd == "export-orig":
         ws = weights_from_wheel(a.wheel)
@@ -464,7 +479,7 @@ def main(argv: list[str] | None = None) -> None:
         names = a.nets.split(",")
         epochs = [int(e) for e in a.epochs.split(",")]
         for n, e in zip(names, epochs * len(names) if len(epochs) == 1 else epochs):
-            nets[n] = finetune(a.data, n, epochs=e, out_dir=a.ckpt_dir, init_dir=a.init)
+            nets[n] = finetune(a.data, n, epochs=e, out_dir=a.ckpt_dir, init_dir=a.init, p_grey=a.p_grey)
         export_all(nets, a.out)
 
 

@@ -106,14 +106,17 @@ def jitter_alignment(img: np.ndarray, occ: np.ndarray, rng: np.random.Generator,
 
 
 def degrade(img: np.ndarray, scale: float, blur_px: float = 0.0, blur_deg: float = 0.0,
-            jpeg_quality: int | None = None) -> np.ndarray:
+            jpeg_quality: int | None = None, grey: bool = False) -> np.ndarray:
     """RGB ``img`` as a camera further away would give it: motion blur, shrunk, JPEG-compressed, scaled back.
 
     In the order a camera applies them: the face moves during the exposure (a line kernel ``blur_px`` long at
     ``blur_deg``), the sensor sees it ``scale`` times as large (area average), the encoder compresses that
-    small image, and the alignment scales it back up to the crop (bilinear).
+    small image, and the alignment scales it back up to the crop (bilinear). ``grey``: a monochrome sensor (a
+    night camera in infrared mode) sees luma only, in all three channels.
     """
     h, w = img.shape[:2]
+    if grey:
+        img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
     if blur_px > 1.0:
         img = cv2.filter2D(img, -1, motion_kernel(blur_px, blur_deg), borderType=cv2.BORDER_REFLECT)
     small = img if scale == 1.0 else cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))),
@@ -137,19 +140,20 @@ def motion_kernel(length: float, deg: float) -> np.ndarray:
 
 
 def random_degrade(img: np.ndarray, rng: np.random.Generator, min_scale: float, p_blur: float = 0.0,
-                   max_blur_px: float = 0.0, p_jpeg: float = 0.0, jpeg_quality: tuple[int, int] = (30, 90)
-                   ) -> np.ndarray:
-    """:func:`degrade` with a log-uniform ``scale`` in [min_scale, 1], and blur / JPEG each with its own odds.
+                   max_blur_px: float = 0.0, p_jpeg: float = 0.0, jpeg_quality: tuple[int, int] = (30, 90),
+                   p_grey: float = 0.0) -> np.ndarray:
+    """:func:`degrade` with a log-uniform ``scale`` in [min_scale, 1], and blur / JPEG / grey each with its own odds.
 
     Cameras at a distance give faces of 30-60 pixels, upscaled to 112 by the alignment, moving and
     compressed; training on shrunken inputs alone added 1-2 masked points at 28-40 pixels
-    (benchmarks/RESULTS.md, "Low-resolution faces"). The scale is drawn first, so a config without blur or
-    JPEG draws the same scales as before they existed.
+    (benchmarks/RESULTS.md, "Low-resolution faces"). The scale is drawn first and grey last (only when
+    ``p_grey`` > 0), so a config without the later options draws the same as before they existed.
     """
     scale = float(np.exp(rng.uniform(np.log(min_scale), 0.0)))
     blur = (rng.uniform(1.0, max_blur_px), rng.uniform(0.0, 180.0)) if rng.random() < p_blur else (0.0, 0.0)
     quality = int(rng.integers(jpeg_quality[0], jpeg_quality[1] + 1)) if rng.random() < p_jpeg else None
-    return degrade(img, scale, *blur, quality)
+    grey = bool(p_grey > 0 and rng.random() < p_grey)
+    return degrade(img, scale, *blur, quality, grey)
 
 
 class MaskedFaces(torch.utils.data.Dataset):

@@ -154,11 +154,13 @@ _LOWER = (slice(74, 108), slice(30, 82))  # mouth and chin
 
 
 def mask_features(batch: np.ndarray) -> np.ndarray:
-    """(N, 3, 112, 112) normalised RGB network input -> (N, 16) colour/texture statistics.
+    """(N, 3, 112, 112) normalised RGB network input -> (N, 272) colour, texture and shape statistics.
 
     Per region (eyes band, mouth band): mean and std of Y, Cr, Cb, and mean gradient magnitude;
     plus the lower-vs-upper chroma distance and brightness gap. A mask changes the mouth band's
-    colour and flattens its texture while the eye band stays skin.
+    colour and flattens its texture while the eye band stays skin. Then the luma at 16x16 (7x7 block
+    means), standardised per crop: the mask's outline, which is all that is left in grey frames
+    (night cameras in infrared mode), where the colour statistics alone flagged 38 % of masked faces.
     """
     x = np.asarray(batch, np.float32) * 127.5 + 127.5
     r, g, b = x[:, 0], x[:, 1], x[:, 2]
@@ -173,16 +175,25 @@ def mask_features(batch: np.ndarray) -> np.ndarray:
         feats.append((np.abs(np.diff(reg, axis=1)).mean((1, 2)) + np.abs(np.diff(reg, axis=2)).mean((1, 2))))
     f = np.stack(feats, 1)
     dcr, dcb, dy = f[:, 9] - f[:, 2], f[:, 11] - f[:, 4], f[:, 7] - f[:, 0]
-    return np.concatenate([f, np.hypot(dcr, dcb)[:, None], np.abs(dy)[:, None]], 1)
+    grid = y.reshape(len(y), 16, 7, 16, 7).mean((2, 4)).reshape(len(y), -1)
+    grid = (grid - grid.mean(1, keepdims=True)) / (grid.std(1, keepdims=True) + 1.0)
+    return np.concatenate([f, np.hypot(dcr, dcb)[:, None], np.abs(dy)[:, None], grid], 1)
 
 
 class MaskClassifier:
-    """Logistic regression on :func:`mask_features`, stored as a few numbers in JSON."""
+    """A tiny MLP on :func:`mask_features` (ReLU between layers, one logit out), stored as numbers in JSON.
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], weights: Sequence[float], bias: float,
+    layers: ``[{"weights": (in, out) nested lists, "bias": (out,)}, ...]``; one layer is a logistic regression.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], layers: Sequence[dict],
                  threshold: float = 0.5, **info: Any):
         self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-        self.weights, self.bias, self.threshold, self.info = np.asarray(weights, np.float32), float(bias), threshold, info
+        self.layers = [(np.asarray(lay["weights"], np.float32), np.asarray(lay["bias"], np.float32)) for lay in layers]
+        dims = [len(self.mean)] + [w.shape[1] for w, _ in self.layers]
+        if [w.shape[0] for w, _ in self.layers] != dims[:-1] or dims[-1] != 1 or len(self.std) != dims[0]:
+            raise ValueError(f"mask classifier layers do not chain from {dims[0]} features to one logit")
+        self.threshold, self.info = threshold, info
 
     @classmethod
     def load(cls, path: str | Path = MASK_CLASSIFIER) -> MaskClassifier | None:
@@ -191,8 +202,16 @@ class MaskClassifier:
         return cls(**json.loads(path.read_text())) if path.is_file() else None
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        z = ((mask_features(batch) - self.mean) / self.std) @ self.weights + self.bias
-        return 1.0 / (1.0 + np.exp(-z))
+        """(N, 3, 112, 112) network input -> (N,) probability that the face wears a mask."""
+        return self.proba_from_features(mask_features(batch))
+
+    def proba_from_features(self, feats: np.ndarray) -> np.ndarray:
+        h = (feats - self.mean) / self.std
+        for i, (w, b) in enumerate(self.layers):
+            h = h @ w + b
+            if i < len(self.layers) - 1:
+                h = np.maximum(h, 0)
+        return 1.0 / (1.0 + np.exp(-h[:, 0]))
 
 
 # -- recognizer ---------------------------------------------------------------------------------

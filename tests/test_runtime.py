@@ -248,19 +248,34 @@ def test_gallery_from_another_model_is_refused(rec):
 
 def test_mask_flag(rec, tmp_path):
     x = np.random.default_rng(0).uniform(-1, 1, (4, 3, 112, 112)).astype(np.float32)
-    assert mask_features(x).shape == (4, 16)
+    assert mask_features(x).shape == (4, 272)
     # a mask flattens the mouth band: weight only its gradient feature (index 13)
-    clf = MaskClassifier(mean=[0] * 16, std=[1] * 16, weights=[0] * 13 + [-1, 0, 0], bias=3.0)
+    weights = np.zeros((272, 1))
+    weights[13] = -1
+    clf = MaskClassifier(mean=[0] * 272, std=[1] * 272, layers=[{"weights": weights.tolist(), "bias": [3.0]}])
     rec.mask_classifier = clf
     plain, masked = (rec.analyze([draw_faces([(7, 30, 30, 100)], masked=m)])[0][0] for m in (False, True))
     assert plain.masked is False and masked.masked is True and masked.mask_score > plain.mask_score
+
+
+def test_mask_classifier_layers():
+    """ReLU between layers, none after the last; layers that do not chain to one logit are refused."""
+    feats = np.array([[1.0, -2.0], [0.5, 3.0]])
+    clf = MaskClassifier(mean=[0, 0], std=[1, 2], layers=[{"weights": [[1, -1], [1, 1]], "bias": [0, 0]},
+                                                            {"weights": [[2], [-1]], "bias": [-1]}])
+    h = np.maximum((feats / [1, 2]) @ [[1, -1], [1, 1]], 0) @ [[2], [-1]] - 1  # by hand
+    np.testing.assert_allclose(clf.proba_from_features(feats), 1 / (1 + np.exp(-h[:, 0])), rtol=1e-6)
+    for layers in ([{"weights": [[1, 1]], "bias": [0, 0]}], [{"weights": [[1], [1]], "bias": [0]}] * 2,
+                   [{"weights": [[1, 1], [1, 1]], "bias": [0, 0]}]):
+        with pytest.raises(ValueError, match="chain"):
+            MaskClassifier(mean=[0, 0], std=[1, 1], layers=layers)
 
 
 def test_shipped_mask_classifier_loads():
     clf = MaskClassifier.load()
     if clf is None:
         pytest.skip("mask classifier not trained yet")
-    assert len(clf.weights) == 16 and clf.info.get("test_accuracy", 0) > 0.8
+    assert len(clf.mean) == 272 and clf.info["test_accuracy_masked_grey"] > 0.9 and clf.info["test_accuracy"] > 0.9
 
 
 # -- command line -------------------------------------------------------------------------------

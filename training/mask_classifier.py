@@ -1,6 +1,7 @@
-"""Train the runtime's mask / no-mask flag: logistic regression on ``maskfr.recognizer.mask_features``.
+"""Train the runtime's mask / no-mask flag: a tiny MLP on ``maskfr.recognizer.mask_features``.
 
-Data: the aligned-face cache (``img112`` unmasked, ``img112_masked`` with a synthetic mask).
+Data: the aligned-face cache (``img112`` unmasked, ``img112_masked`` with a synthetic mask), each crop
+also as a monochrome sensor gives it (night cameras in infrared mode), where colour cues are gone.
 People of LFW ``people.txt`` folds 1-5 train it, folds 6-10 measure it, so the reported
 accuracy is on unseen people. The result is a few numbers in ``sdk/models/mask_classifier.json``.
 
@@ -15,28 +16,46 @@ from pathlib import Path
 import numpy as np
 
 from maskfr.align import to_input
-from maskfr.recognizer import MASK_CLASSIFIER, mask_features
+from maskfr.recognizer import MASK_CLASSIFIER, MaskClassifier, mask_features
 from maskfr.training.cache import lfw_cache_path
 from maskfr.training.data import LFW
 
 
-def features(crops: np.ndarray, chunk: int = 512) -> np.ndarray:
-    return np.concatenate([mask_features(to_input(crops[i:i + chunk])) for i in range(0, len(crops), chunk)])
+def features(crops: np.ndarray, chunk: int = 512, grey: bool = False) -> np.ndarray:
+    """Features of RGB crops, optionally made monochrome first (BT.601 luma in all three channels)."""
+    out = []
+    for i in range(0, len(crops), chunk):
+        c = crops[i:i + chunk]
+        if grey:
+            luma = np.rint(c.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.uint8)
+            c = np.repeat(luma[..., None], 3, 3)
+        out.append(mask_features(to_input(c)))
+    return np.concatenate(out)
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, ridge: float = 1e-3, iters: int = 50) -> tuple[np.ndarray, float]:
-    """Newton / IRLS on standardised features; 16 weights need no optimiser library."""
-    a = np.c_[x, np.ones(len(x))]
-    w = np.zeros(a.shape[1])
-    for _ in range(iters):
-        p = 1 / (1 + np.exp(-a @ w))
-        grad = a.T @ (p - y) + ridge * np.r_[w[:-1], 0]
-        hess = (a * (p * (1 - p))[:, None]).T @ a + ridge * np.eye(len(w))
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    return w[:-1], float(w[-1])
+def fit_mlp(x: np.ndarray, y: np.ndarray, hidden: int = 32, epochs: int = 60, lr: float = 3e-3,
+            weight_decay: float = 1e-3, seed: int = 0) -> list[dict]:
+    """Standardised features -> ``MaskClassifier`` layers (features -> ``hidden`` ReLU -> one logit).
+
+    A logistic regression on the same features flags 95-96 % of grey masked faces at best; one hidden
+    layer of 32 reaches 98 % (benchmarks/RESULTS.md, "Night cameras").
+    """
+    import torch
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+    opt = torch.optim.AdamW(net.parameters(), lr, weight_decay=weight_decay)
+    xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
+    for _ in range(epochs):
+        perm = torch.randperm(len(xt), generator=gen)
+        for i in range(0, len(xt), 256):
+            idx = perm[i:i + 256]
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(net(xt[idx])[:, 0], yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return [{"weights": lin.weight.detach().double().numpy().T.round(6).tolist(),
+             "bias": lin.bias.detach().double().numpy().round(6).tolist()} for lin in (net[0], net[2])]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -51,28 +70,28 @@ def main(argv: list[str] | None = None) -> dict:
         person = np.array([Path(s).parent.name for s in z["path"]])
         rows = {"train": np.flatnonzero(np.isin(person, list(train_people))),
                 "test": np.flatnonzero(np.isin(person, list(test_people)))}
-        feats = {}
-        for key in ("img112", "img112_masked"):
+        feats = {}  # (masked, grey) -> split -> features
+        for masked, key in ((0, "img112"), (1, "img112_masked")):
             arr = z[key]
-            feats[key] = {split: features(arr[r]) for split, r in rows.items()}
+            for grey in (False, True):
+                feats[masked, grey] = {split: features(arr[r], grey=grey) for split, r in rows.items()}
             del arr
-    data = {s: (np.concatenate([feats["img112"][s], feats["img112_masked"][s]]),
-                np.r_[np.zeros(len(rows[s])), np.ones(len(rows[s]))]) for s in rows}
-    x, y = data["train"]
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    w, b = fit_logistic((x - mean) / std, y)
+    x = np.concatenate([f["train"] for f in feats.values()])
+    y = np.concatenate([np.full(len(f["train"]), m, float) for (m, _), f in feats.items()])
+    mean, std = x.mean(0, dtype=np.float64).round(6), (x.std(0, dtype=np.float64) + 1e-6).round(6)  # as stored
+    layers = fit_mlp((x - mean) / std, y)
+    clf = MaskClassifier(mean, std, layers)
 
-    def accuracy(xs: np.ndarray, ys: np.ndarray) -> float:
-        return float(((((xs - mean) / std) @ w + b >= 0) == ys).mean())
-    xt, yt = data["test"]
-    n = len(rows["test"])
-    info = {"train_accuracy": accuracy(x, y), "test_accuracy": accuracy(xt, yt),
-            "test_accuracy_unmasked": accuracy(xt[:n], yt[:n]), "test_accuracy_masked": accuracy(xt[n:], yt[n:]),
-            "n_train_images": int(len(rows["train"])), "n_test_images": n,
-            "data": "LFW aligned-face cache, synthetic masks; train people.txt folds 1-5, test folds 6-10"}
-    out = {"mean": mean.round(6).tolist(), "std": std.round(6).tolist(), "weights": w.round(6).tolist(),
-           "bias": round(b, 6), "threshold": 0.5, **info}
-    Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+    def accuracy(xs: np.ndarray, masked: "int | np.ndarray") -> float:
+        return float(((clf.proba_from_features(xs) >= clf.threshold) == masked).mean())
+    test = {f"test_accuracy_{'masked' if m else 'unmasked'}{'_grey' if g else ''}": accuracy(f["test"], m)
+            for (m, g), f in feats.items()}
+    info = {"train_accuracy": accuracy(x, y), "test_accuracy": float(np.mean(list(test.values()))), **test,
+            "n_train_images": int(len(rows["train"])), "n_test_images": int(len(rows["test"])),
+            "data": "LFW aligned-face cache, synthetic masks, each crop also in grey; train people.txt folds 1-5, "
+                    "test folds 6-10"}
+    out = {"mean": mean.tolist(), "std": std.tolist(), "layers": layers, "threshold": clf.threshold, **info}
+    Path(a.out).write_text(json.dumps(out) + "\n")
     print(json.dumps(info, indent=1))
     return info
 

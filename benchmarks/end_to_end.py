@@ -36,7 +36,7 @@ import numpy as np
 from detection import _centre_dist, add_camera_args, camera_frame  # benchmarks/detection.py: same rules, frames
 
 from maskfr.cli import MASK_STYLES
-from maskfr.detector import box_iou
+from maskfr.detector import FaceDetector, box_iou
 from maskfr.recognizer import DEFAULT_MODEL, FaceRecognizer
 from maskfr.training import cache as fc
 from maskfr.training.dlib_models import five_from_68
@@ -121,6 +121,7 @@ def main() -> None:
     ap.add_argument("--baseline", choices=["face_recognition"], help="also run this library on the same frames")
     add_camera_args(ap)
     ap.add_argument("--threads", type=int, help="ONNX Runtime threads for our detector and model (default: all cores)")
+    ap.add_argument("--detector", type=Path, help="folder of MTCNN nets to use instead of the packaged ones")
     ap.add_argument("--out", type=Path, default=fc.CACHE_ROOT / "eval" / "end_to_end")
     a = ap.parse_args()
     lo, _, hi = a.folds.partition("-")
@@ -136,7 +137,9 @@ def main() -> None:
         if len(rows) < len(need):
             raise SystemExit(f"{cache} lacks {len(need) - len(rows)} of the pair images of folds {a.folds}")
         sub = {k: z[k][rows] for k in ("path", "img112", "img112_masked", "found", "found_masked", "box", "box_masked")}
-    rec = FaceRecognizer(a.model, backend="cpu", threads=a.threads, min_face=a.min_face)
+    detector = (FaceDetector(min_face=a.min_face, backend="cpu", models_dir=a.detector, threads=a.threads)
+                if a.detector else None)
+    rec = FaceRecognizer(a.model, detector, backend="cpu", threads=a.threads, min_face=None if detector else a.min_face)
     name = a.model.stem
     pipelines, dim = {name: maskfr_pipeline(rec)}, {name: rec.new_gallery().dim}
     if a.baseline:

@@ -19,18 +19,13 @@ from maskfr.align import to_input
 from maskfr.recognizer import MASK_CLASSIFIER, MaskClassifier, mask_features
 from maskfr.training.cache import lfw_cache_path
 from maskfr.training.data import LFW
+from maskfr.training.train import to_grey
 
 
 def features(crops: np.ndarray, chunk: int = 512, grey: bool = False) -> np.ndarray:
-    """Features of RGB crops, optionally made monochrome first (BT.601 luma in all three channels)."""
-    out = []
-    for i in range(0, len(crops), chunk):
-        c = crops[i:i + chunk]
-        if grey:
-            luma = np.rint(c.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.uint8)
-            c = np.repeat(luma[..., None], 3, 3)
-        out.append(mask_features(to_input(c)))
-    return np.concatenate(out)
+    """Features of RGB crops, optionally made monochrome first (:func:`~maskfr.training.train.to_grey`)."""
+    return np.concatenate([mask_features(to_input(to_grey(c) if grey else c))
+                           for c in (crops[i:i + chunk] for i in range(0, len(crops), chunk))])
 
 
 def fit_mlp(x: np.ndarray, y: np.ndarray, hidden: int = 32, epochs: int = 60, lr: float = 3e-3,

@@ -352,12 +352,11 @@ def _mirror(xb: "np.ndarray", reg: torch.Tensor, lm: torch.Tensor, side: torch.T
 
 
 def _grey(xb: "np.ndarray", which: "np.ndarray") -> "np.ndarray":
-    """The flagged RGB crops as a monochrome sensor gives them (BT.601 luma in all three channels): night
-    cameras in infrared mode, where the nets trained on colour alone miss faces."""
-    import numpy as np
-    luma = np.rint(xb[which].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.uint8)
+    """The flagged RGB crops made monochrome (``train.to_grey``): night cameras in infrared mode, where the
+    nets trained on colour alone missed faces."""
+    from maskfr.training.train import to_grey
     out = xb.copy()
-    out[which] = luma[..., None]
+    out[which] = to_grey(xb[which])
     return out
 
 

@@ -105,18 +105,25 @@ def jitter_alignment(img: np.ndarray, occ: np.ndarray, rng: np.random.Generator,
     return warp(img), warp(occ.astype(np.uint8)).astype(bool)
 
 
+def to_grey(rgb: np.ndarray) -> np.ndarray:
+    """RGB uint8 images (..., H, W, 3) as a monochrome sensor gives them: luma (OpenCV's BT.601 RGB2GRAY) in all
+    three channels (night cameras in infrared mode, roughly)."""
+    luma = cv2.cvtColor(np.ascontiguousarray(rgb).reshape(-1, rgb.shape[-2], 3), cv2.COLOR_RGB2GRAY)
+    return np.repeat(luma.reshape(rgb.shape[:-1])[..., None], 3, -1)
+
+
 def degrade(img: np.ndarray, scale: float, blur_px: float = 0.0, blur_deg: float = 0.0,
             jpeg_quality: int | None = None, grey: bool = False) -> np.ndarray:
     """RGB ``img`` as a camera further away would give it: motion blur, shrunk, JPEG-compressed, scaled back.
 
     In the order a camera applies them: the face moves during the exposure (a line kernel ``blur_px`` long at
     ``blur_deg``), the sensor sees it ``scale`` times as large (area average), the encoder compresses that
-    small image, and the alignment scales it back up to the crop (bilinear). ``grey``: a monochrome sensor (a
-    night camera in infrared mode) sees luma only, in all three channels.
+    small image, and the alignment scales it back up to the crop (bilinear). ``grey``: a monochrome sensor
+    (:func:`to_grey`) took it.
     """
     h, w = img.shape[:2]
     if grey:
-        img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+        img = to_grey(img)
     if blur_px > 1.0:
         img = cv2.filter2D(img, -1, motion_kernel(blur_px, blur_deg), borderType=cv2.BORDER_REFLECT)
     small = img if scale == 1.0 else cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))),

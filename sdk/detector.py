@@ -129,14 +129,15 @@ class FaceDetector:
     """MTCNN cascade on ONNX Runtime: ``detect(frame_bgr) -> list[Detection]``, best score first.
 
     ``min_face``: smallest face side searched for, in pixels (smaller = slower);
-    ``score_threshold``: O-Net's final face probability; ``pnet_threshold`` /
+    ``score_threshold``: O-Net's final face probability (0.95: the nets trained on grey crops too gave
+    textures 0.7-0.94, benchmarks/RESULTS.md, "Night cameras"); ``pnet_threshold`` /
     ``rnet_threshold``: the earlier stages' cut-offs (low, so masked faces survive to O-Net; P-Net's
     0.3 instead of MTCNN's usual 0.6 gives R-Net more boxes around each face, which recovered faces
     whose only 0.6-proposals R-Net rejected: benchmarks/RESULTS.md, "P-Net threshold");
     ``backend``: ``"auto"`` (CUDA when onnxruntime has it), ``"cpu"`` or ``"cuda"``.
     """
 
-    def __init__(self, min_face: int = 20, score_threshold: float = 0.7, nms_threshold: float = 0.7,
+    def __init__(self, min_face: int = 20, score_threshold: float = 0.95, nms_threshold: float = 0.7,
                  backend: str = "auto", pnet_threshold: float = 0.3, rnet_threshold: float = 0.7,
                  models_dir: str | Path | None = None, threads: int | None = None) -> None:
         if backend not in ("auto", "cpu", "cuda"):

@@ -286,7 +286,8 @@ def prepare(paths: list[str], out_dir: str | Path, masks_root: str | Path, seed:
     from maskfr.training.train import random_degrade
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    teacher = FaceDetector(models_dir=CACHE / "orig", backend="cpu", pnet_threshold=0.5, threads=1)
+    teacher = FaceDetector(models_dir=CACHE / "orig", backend="cpu", pnet_threshold=0.5, score_threshold=0.7,
+                           threads=1)
     synth = MaskSynth(masks_root)
     for start in tqdm(range(part * CHUNK, len(paths), parts * CHUNK), desc="mtcnn data", unit="chunk"):
         dst = out_dir / f"{start:07d}.npz"

@@ -92,14 +92,18 @@ def _is_pil(src: Any) -> bool:
     return type(src).__module__.startswith("PIL.") and hasattr(src, "convert")
 
 
+def _swap_rb(img: np.ndarray) -> np.ndarray:
+    """RGB(A) <-> BGR(A)."""
+    return np.ascontiguousarray(np.concatenate([img[..., 2::-1], img[..., 3:]], axis=2))
+
+
 def _from_pil(img: Any) -> np.ndarray:
     """A PIL image -> an array in this module's conventions (grey, BGR or BGRA), without importing PIL."""
     if img.mode in ("L", "I;16", "I;16L", "I;16B"):
         arr = np.asarray(img)
         return arr.astype(np.uint16) if arr.dtype.kind == "u" and arr.itemsize == 2 else arr
     alpha = "A" in img.getbands() or "transparency" in img.info
-    rgb = np.asarray(img.convert("RGBA" if alpha else "RGB"))
-    return np.ascontiguousarray(np.concatenate([rgb[..., 2::-1], rgb[..., 3:]], axis=2))
+    return _swap_rb(np.asarray(img.convert("RGBA" if alpha else "RGB")))
 
 
 def load_image(src: Any, channels: str = "bgr") -> np.ndarray:
@@ -136,7 +140,7 @@ def load_image(src: Any, channels: str = "bgr") -> np.ndarray:
     if img.shape[0] * img.shape[1] > MAX_PIXELS:
         raise ImageError(f"image {img.shape[1]}x{img.shape[0]} exceeds {MAX_PIXELS} pixels")
     if channels == "rgb" and img.ndim == 3:
-        img = np.concatenate([img[..., 2::-1], img[..., 3:]], axis=2)
+        img = _swap_rb(img)
     if img.dtype == np.uint16:
         img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
     elif img.dtype != np.uint8:

@@ -117,8 +117,8 @@ def test_prepare_degrades_copies_but_keeps_their_targets(tmp_path: Path, monkeyp
     monkeypatch.setattr(mtcnn, "CACHE", tmp_path)
     path = tmp_path / "face.png"
     cv2.imwrite(str(path), public_faces()[0])
-    sharp, soft = (np.load(mtcnn.prepare([str(path)], tmp_path / name, None, masked_copies=1, degrade=d) / "0000000.npz")
-                   for name, d in (("sharp", 0.0), ("soft", 1.0)))
+    sharp, soft = (np.load(mtcnn.prepare([str(path)], tmp_path / name, None, masked_copies=1, degrade=d)
+                           / "0000000.npz") for name, d in (("sharp", 0.0), ("soft", 1.0)))
     assert len(sharp["face"]) == len(soft["face"]) == 2  # one face, unmasked and masked
     np.testing.assert_array_equal(sharp["face_lm"], soft["face_lm"])
 

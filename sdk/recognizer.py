@@ -2,19 +2,21 @@
 
 Input conventions (one function, :func:`load_image`, applies them everywhere):
 
-* a path or bytes is decoded with OpenCV; missing files, empty files and non-images raise;
+* a path or bytes is decoded with OpenCV, turned upright by its EXIF orientation as photo viewers do
+  (phone pictures are often stored sideways); missing files, empty files and non-images raise;
 * arrays must be uint8 or uint16 (scaled by 1/257) with 1 (grayscale), 3 (BGR) or 4 (BGRA,
   alpha dropped) channels; anything else raises :class:`ImageError`. Colour arrays are BGR as
   OpenCV gives them; pass ``channels="rgb"`` for RGB ones (PIL, imageio, face_recognition's
   ``load_image_file``): the detector, given swapped colours, finds about half of the faces;
-* PIL images are read by their own mode (RGB, RGBA, L, I;16, palette ...), whatever ``channels`` says;
+* PIL images are read by their own mode (RGB, RGBA, L, I;16, palette ...), whatever ``channels`` says,
+  and turned upright by their EXIF orientation;
 * images over ``MAX_PIXELS`` are refused; frames longer than ``max_side`` are shrunk for
   detection only, and faces are aligned from the full-resolution frame.
 
 Preprocessing goes through :func:`maskfr.preprocess.preprocess` (C++/CUDA/numpy), so crops
-match :mod:`maskfr.align` exactly. Each face also gets a mask flag from a tiny logistic
-regression on colour/texture statistics of the crop (``models/mask_classifier.json``, trained
-by ``python -m maskfr.training.mask_classifier``).
+match :mod:`maskfr.align` exactly. Each face also gets a mask flag from a tiny MLP on colour,
+texture and luma statistics of the crop (``models/mask_classifier.json``, trained by
+``python -m maskfr.training.mask_classifier``).
 """
 from __future__ import annotations
 
@@ -98,12 +100,19 @@ def _swap_rb(img: np.ndarray) -> np.ndarray:
 
 
 def _from_pil(img: Any) -> np.ndarray:
-    """A PIL image -> an array in this module's conventions (grey, BGR or BGRA), without importing PIL."""
+    """A PIL image, upright by its EXIF orientation -> an array in this module's conventions (grey, BGR or BGRA)."""
+    from PIL import ImageOps  # only reached with a PIL image in hand
+
+    img = ImageOps.exif_transpose(img)
     if img.mode in ("L", "I;16", "I;16L", "I;16B"):
         arr = np.asarray(img)
         return arr.astype(np.uint16) if arr.dtype.kind == "u" and arr.itemsize == 2 else arr
     alpha = "A" in img.getbands() or "transparency" in img.info
     return _swap_rb(np.asarray(img.convert("RGBA" if alpha else "RGB")))
+
+
+# keep grey and 16-bit as stored, drop alpha, apply EXIF orientation (IMREAD_UNCHANGED would ignore it)
+_DECODE = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 
 
 def load_image(src: Any, channels: str = "bgr") -> np.ndarray:
@@ -121,12 +130,12 @@ def load_image(src: Any, channels: str = "bgr") -> np.ndarray:
         data = path.read_bytes()
         if not data:
             raise ImageError(f"{path}: empty file")
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE)
         if img is None:
             raise ImageError(f"{path}: cannot decode (corrupt or not an image)")
         return load_image(img)
     if isinstance(src, (bytes, bytearray)):
-        img = cv2.imdecode(np.frombuffer(src, np.uint8), cv2.IMREAD_UNCHANGED) if src else None
+        img = cv2.imdecode(np.frombuffer(src, np.uint8), _DECODE) if src else None
         if img is None:
             raise ImageError("cannot decode image bytes (empty, corrupt or not an image)")
         return load_image(img)

@@ -149,6 +149,22 @@ def test_rgb_arrays_and_pil_images(model, tmp_path):
     np.testing.assert_allclose(as_rgb.embed(tmp_path / "face.png"), want, atol=1e-6)
 
 
+def test_exif_orientation(model, tmp_path):
+    """A phone photo stored sideways with EXIF orientation 6 is read upright (file, bytes and PIL alike)."""
+    Image = pytest.importorskip("PIL.Image")
+    upright = draw_faces([(1, 20, 30, 96)])  # 240 x 320
+    stored = np.ascontiguousarray(np.rot90(upright))  # a viewer turns it 90 degrees clockwise to show it
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(stored[..., ::-1]).save(path, quality=95, exif=exif)
+    for img in (load_image(path), load_image(path.read_bytes()), load_image(Image.open(path))):
+        assert img.shape == upright.shape
+        assert np.abs(img.astype(int) - upright).mean() < 3  # JPEG loss only
+    rec = FaceRecognizer(model, detector=MarkerDetector())
+    np.testing.assert_allclose(rec.detect(path)[0].box, rec.detect(upright)[0].box, atol=2)
+
+
 def test_huge_images(model, monkeypatch):
     import maskfr.recognizer as r
     monkeypatch.setattr(r, "MAX_PIXELS", 1000)

@@ -94,13 +94,8 @@ def _is_pil(src: Any) -> bool:
     return type(src).__module__.startswith("PIL.") and hasattr(src, "convert")
 
 
-def _swap_rb(img: np.ndarray) -> np.ndarray:
-    """RGB(A) <-> BGR(A)."""
-    return np.ascontiguousarray(np.concatenate([img[..., 2::-1], img[..., 3:]], axis=2))
-
-
 def _from_pil(img: Any) -> np.ndarray:
-    """A PIL image, upright by its EXIF orientation -> an array in this module's conventions (grey, BGR or BGRA)."""
+    """A PIL image, upright by its EXIF orientation -> a grey, RGB or RGBA array."""
     from PIL import ImageOps  # only reached with a PIL image in hand
 
     img = ImageOps.exif_transpose(img)
@@ -108,7 +103,7 @@ def _from_pil(img: Any) -> np.ndarray:
         arr = np.asarray(img)
         return arr.astype(np.uint16) if arr.dtype.kind == "u" and arr.itemsize == 2 else arr
     alpha = "A" in img.getbands() or "transparency" in img.info
-    return _swap_rb(np.asarray(img.convert("RGBA" if alpha else "RGB")))
+    return np.asarray(img.convert("RGBA" if alpha else "RGB"))
 
 
 # keep grey and 16-bit as stored, drop alpha, apply EXIF orientation (IMREAD_UNCHANGED would ignore it)
@@ -122,7 +117,7 @@ def load_image(src: Any, channels: str = "bgr") -> np.ndarray:
     """
     _check_channels(channels)
     if _is_pil(src):
-        return load_image(_from_pil(src))
+        return load_image(_from_pil(src), "rgb")
     if isinstance(src, (str, Path)):
         path = Path(src)
         if not path.is_file():
@@ -148,17 +143,16 @@ def load_image(src: Any, channels: str = "bgr") -> np.ndarray:
         raise ImageError(f"image must be (H, W), (H, W, 3) or (H, W, 4), got {img.shape}")
     if img.shape[0] * img.shape[1] > MAX_PIXELS:
         raise ImageError(f"image {img.shape[1]}x{img.shape[0]} exceeds {MAX_PIXELS} pixels")
-    if channels == "rgb" and img.ndim == 3:
-        img = _swap_rb(img)
     if img.dtype == np.uint16:
         img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
     elif img.dtype != np.uint8:
         raise ImageError(f"image dtype must be uint8 or uint16, got {img.dtype}")
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    rgb = channels == "rgb"
     if img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-    return np.ascontiguousarray(img)
+        return cv2.cvtColor(img, cv2.COLOR_RGBA2BGR if rgb else cv2.COLOR_BGRA2BGR)
+    return cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if rgb else np.ascontiguousarray(img)
 
 
 # -- mask classifier ----------------------------------------------------------------------------

@@ -3,11 +3,14 @@
 On screen by default; ``--headless`` writes the annotated frames to a video instead (MJPG .avi
 plays everywhere and needs no extra codecs). ``--enroll DIR`` builds the gallery from
 DIR/<identity>/*.jpg at start-up; ``--gallery FILE`` loads (and, with --enroll, saves) one.
+Live sources (camera, RTSP) go through :class:`LatestFrame`, so a recogniser slower than the camera
+always works on the newest frame (``--every-frame`` to process them all instead).
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ from maskfr.recognizer import FaceRecognizer
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
-def add_common_args(p: argparse.ArgumentParser) -> None:
+def add_common_args(p: argparse.ArgumentParser, live_source: bool = False) -> None:
     p.add_argument("--model", help="ONNX model or TensorRT engine (default: the packaged model)")
     p.add_argument("--backend", default="auto", help="auto, cpu, cuda or tensorrt")
     p.add_argument("--enroll", metavar="DIR", help="enrol DIR/<identity>/*.jpg before starting")
@@ -31,6 +34,65 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--headless", action="store_true", help="no window: write the annotated video to --out")
     p.add_argument("--out", default="annotated.avi", help="output video for --headless")
     p.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0: until the end)")
+    if live_source:
+        p.add_argument("--every-frame", action="store_true",
+                       help="process every frame, however far behind the camera (default: always the newest)")
+
+
+class LatestFrame:
+    """A live source read on its own thread, keeping only the newest frame (a ``cv2.VideoCapture`` stand-in).
+
+    A recogniser slower than the camera would otherwise be fed from a growing queue (OpenCV's FFmpeg
+    backend buffers RTSP without bound): boxes drawn on the scene of seconds ago, then torn frames once the
+    buffer overflows. ``read`` waits for a frame newer than the last one it returned; ``dropped`` counts
+    the frames that were never read.
+    """
+
+    def __init__(self, cap: Any):
+        self._cap, self._cond = cap, threading.Condition()
+        self._frame: np.ndarray | None = None
+        self._ended = self._stop = False
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        if cap.isOpened():
+            self._thread.start()
+
+    def _pump(self) -> None:
+        while True:
+            ok, frame = self._cap.read()  # OpenCV releases the GIL while it waits and decodes
+            with self._cond:
+                if not ok or self._stop:
+                    self._ended = True
+                    self._cond.notify_all()
+                    return
+                self.dropped += self._frame is not None
+                self._frame = frame
+                self._cond.notify_all()
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        with self._cond:
+            self._cond.wait_for(lambda: self._frame is not None or self._ended)
+            frame, self._frame = self._frame, None
+        return frame is not None, frame
+
+    def isOpened(self) -> bool:
+        return self._cap.isOpened()
+
+    def get(self, prop: int) -> float:
+        return self._cap.get(prop)
+
+    def release(self) -> None:
+        with self._cond:
+            self._stop = True
+        if self._thread.is_alive():
+            self._thread.join(timeout=5.0)
+        if not self._thread.is_alive():  # never release under a read still blocked on a stalled stream
+            self._cap.release()
+
+
+def live(cap: cv2.VideoCapture, args: argparse.Namespace) -> Any:
+    """``cap`` as it is with ``--every-frame``, else wrapped in :class:`LatestFrame`."""
+    return cap if args.every_frame else LatestFrame(cap)
 
 
 def build(args: argparse.Namespace, detector: Any = None) -> tuple[FaceRecognizer, Gallery]:
@@ -88,6 +150,7 @@ def run(cap: cv2.VideoCapture, args: argparse.Namespace, detector: Any = None, t
             writer.release()
         if not args.headless:
             cv2.destroyAllWindows()
-    print(f"{n} frames, {n / max(time.perf_counter() - t0, 1e-9):.1f} fps" + (f", wrote {args.out}" if writer else ""),
-          file=sys.stderr)
+    dropped = f" ({cap.dropped} older ones skipped)" if isinstance(cap, LatestFrame) else ""
+    fps_run = n / max(time.perf_counter() - t0, 1e-9)
+    print(f"{n} frames{dropped}, {fps_run:.1f} fps" + (f", wrote {args.out}" if writer else ""), file=sys.stderr)
     return n

@@ -12,27 +12,28 @@ from typing import Any
 
 import cv2
 
-from _common import add_common_args, run
+from _common import add_common_args, live, run
 
 
 def gst_pipeline(url: str, latency_ms: int = 200) -> str:
     """H.264 RTSP through the Jetson hardware decoder, ending in a BGR appsink."""
     return (f"rtspsrc location={url} latency={latency_ms} ! rtph264depay ! h264parse ! nvv4l2decoder ! "
-            "nvvidconv ! video/x-raw, format=BGRx ! videoconvert ! video/x-raw, format=BGR ! appsink drop=true")
+            "nvvidconv ! video/x-raw, format=BGRx ! videoconvert ! video/x-raw, format=BGR ! "
+            "appsink drop=true max-buffers=1")
 
 
 def main(argv: list[str] | None = None, detector: Any = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("url", help="rtsp://, http:// or any source OpenCV's FFmpeg backend opens")
     p.add_argument("--gstreamer", action="store_true", help="decode with GStreamer (Jetson hardware decoder)")
-    add_common_args(p)
+    add_common_args(p, live_source=True)
     args = p.parse_args(argv)
     if args.gstreamer:
         cap = cv2.VideoCapture(gst_pipeline(args.url), cv2.CAP_GSTREAMER)
     else:
         os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
         cap = cv2.VideoCapture(args.url, cv2.CAP_FFMPEG)
-    run(cap, args, detector, title=args.url)
+    run(live(cap, args), args, detector, title=args.url)
     return 0
 
 

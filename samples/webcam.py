@@ -12,7 +12,7 @@ from typing import Any
 
 import cv2
 
-from _common import add_common_args, run
+from _common import add_common_args, live, run
 
 
 def csi_pipeline(sensor_id: int = 0, width: int = 1280, height: int = 720, fps: int = 30, flip: int = 0) -> str:
@@ -38,9 +38,9 @@ def main(argv: list[str] | None = None, detector: Any = None) -> int:
     p.add_argument("--csi", action="store_true", help="Jetson CSI camera via GStreamer nvarguscamerasrc")
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=720)
-    add_common_args(p)
+    add_common_args(p, live_source=True)
     args = p.parse_args(argv)
-    run(open_camera(args.camera, args.csi, args.width, args.height), args, detector, title="maskfr webcam")
+    run(live(open_camera(args.camera, args.csi, args.width, args.height), args), args, detector, title="maskfr webcam")
     return 0
 
 

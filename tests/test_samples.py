@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import importlib
 import sys
+import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from runtime_helpers import MarkerDetector, count_frames, draw_faces, make_model, write_video
@@ -20,8 +22,8 @@ def sample():
     sys.path.remove(str(SAMPLES))
 
 
-@pytest.mark.parametrize("name", ["video", "webcam", "rtsp"])
-def test_sample_headless(tmp_path, sample, name):
+@pytest.mark.parametrize("name,every", [("video", False), ("webcam", False), ("rtsp", False), ("rtsp", True)])
+def test_sample_headless(tmp_path, sample, name, every):
     video = write_video(tmp_path / "in.avi", n_frames=12)
     model = make_model(tmp_path / "m.onnx")
     people = tmp_path / "people"
@@ -31,9 +33,55 @@ def test_sample_headless(tmp_path, sample, name):
     out, gal = tmp_path / "out.avi", tmp_path / "g.npz"
     source = {"video": [str(video)], "webcam": ["--camera", str(video)], "rtsp": [str(video)]}[name]
     rc = sample(name).main(source + ["--model", str(model), "--enroll", str(people), "--gallery", str(gal),
-                                     "--headless", "--out", str(out)], detector=MarkerDetector())
+                                     "--headless", "--out", str(out)] + ["--every-frame"] * every,
+                           detector=MarkerDetector())
     assert rc == 0 and out.exists() and gal.exists()
-    assert count_frames(out) == 12
+    if name == "video" or every:
+        assert count_frames(out) == 12
+    else:  # a live source: frames that arrive while one is being recognised are skipped, never the last one
+        assert 1 <= count_frames(out) <= 12
+
+
+class PacedSource:
+    """A camera stand-in: frame i (filled with i) becomes readable i * period seconds after the first read."""
+
+    def __init__(self, n: int, period: float):
+        self.n, self.period, self.i, self.t0, self.released = n, period, 0, None, False
+
+    def isOpened(self) -> bool:
+        return True
+
+    def get(self, prop: int) -> float:
+        return 1.0 / self.period
+
+    def read(self):
+        self.t0 = self.t0 or time.perf_counter()
+        if self.i == self.n:
+            return False, None
+        time.sleep(max(0.0, self.t0 + self.i * self.period - time.perf_counter()))
+        self.i += 1
+        return True, np.full((2, 2, 3), self.i - 1, np.uint8)
+
+    def release(self) -> None:
+        self.released = True
+
+
+def test_latest_frame_skips_stale_frames(sample):
+    """A consumer 4x slower than the camera gets newer frames each time, skips the rest, sees the last one."""
+    src = PacedSource(n=40, period=0.01)
+    cap = sample("_common").LatestFrame(src)
+    got = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        got.append(int(frame[0, 0, 0]))
+        time.sleep(0.02)
+    assert got == sorted(set(got)) and got[-1] == 39
+    assert 2 <= len(got) < 40 and cap.dropped == 40 - len(got)
+    assert cap.read() == (False, None)  # stays ended
+    cap.release()
+    assert src.released
 
 
 def test_annotations_name_known_faces(tmp_path, sample):

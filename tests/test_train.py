@@ -1,5 +1,6 @@
 """A tiny G2D run on generated faces: every stage runs, losses fall, resuming gives identical weights."""
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -8,7 +9,7 @@ import pytest
 import torch
 from conftest import draw_face, face_landmarks
 
-from maskfr.align import similarity_transform, template, warp_face
+from maskfr.align import similarity_transform, template, to_input, warp_face
 from maskfr.training.dlib_models import five_from_68
 from maskfr.training.masks import MaskSynth
 from maskfr.training.train import STAGES, Trainer, TrainSet, interpolate_weights, load_config, load_inpainter
@@ -165,6 +166,40 @@ def test_alignment_jitter_moves_only_the_masked_input():
     assert not torch.equal(a[0], b[0]) and torch.equal(b[0], again[0])  # moved, reproducibly
     assert torch.equal(a[1], b[1]) and torch.equal(a[3], b[3])  # clean target and teacher embedding untouched
     assert b[2].sum() > 0  # the occlusion map moved with the face, not lost
+
+
+def test_mirroring_swaps_sides_and_targets():
+    from maskfr.training.train import MIRROR68, MaskedFaces, centred, mirror_face
+    assert sorted(MIRROR68) == list(range(68)) and (MIRROR68[MIRROR68] == np.arange(68)).all()
+    data = _tiny_data()
+    img, lm = data.img112[5], data.lm68_112[5]
+    m_img, m_lm = mirror_face(img, lm)
+    np.testing.assert_array_equal(m_img[:, 111 - 30], img[:, 30])
+    np.testing.assert_allclose(m_lm[36:42].mean(0), [111 - lm[42:48, 0].mean(), lm[42:48, 1].mean()], atol=1e-4)
+    np.testing.assert_allclose(m_lm[48], [111 - lm[54, 0], lm[54, 1]], atol=1e-4)  # mouth corners swap too
+    # the five points of the mirrored face land on the (symmetric) template again, each where it belongs
+    off = lambda pts: np.abs(five_from_68(pts) - template(112)).max()  # noqa: E731
+    assert off(m_lm) < off(lm) + 1.5
+    back_img, back_lm = mirror_face(m_img, m_lm)
+    np.testing.assert_array_equal(back_img, img)
+    np.testing.assert_allclose(back_lm, lm, atol=1e-4)
+    # the dataset: mirrored face with the teacher's embedding of the mirrored face, and the draws of p_mirror=0
+    # exactly as before the option existed
+    with pytest.raises(ValueError, match="teacher_mirror"):
+        MaskedFaces(data, MaskSynth(None), p_mask=0.0, seed=0, stage=1, p_mirror=0.5)
+    rng = np.random.default_rng(1)
+    mirror_t = rng.normal(size=data.teacher.shape).astype(np.float32)
+    data = replace(data, teacher_mirror=mirror_t / np.linalg.norm(mirror_t, axis=1, keepdims=True))
+    always = MaskedFaces(data, MaskSynth(None), p_mask=0.0, seed=0, stage=1, p_mirror=1.0)[5]
+    np.testing.assert_allclose(always[1].numpy(), to_input(m_img)[0])
+    assert torch.equal(always[3], torch.from_numpy(data.teacher_mirror[5]))
+    old = MaskedFaces(replace(data, teacher_mirror=None), MaskSynth(None), p_mask=0.5, seed=0, stage=1)
+    zero = MaskedFaces(data, MaskSynth(None), p_mask=0.5, seed=0, stage=1, p_mirror=0.0)
+    for i in range(len(data.labels)):
+        assert all(torch.equal(a, b) for a, b in zip(old[i][:4], zero[i][:4]))
+    c = centred(data)  # one centring for both targets
+    want = data.teacher_mirror - c.center
+    np.testing.assert_allclose(c.teacher_mirror, want / np.linalg.norm(want, axis=1, keepdims=True), atol=1e-6)
 
 
 def test_degrade_changes_only_the_input_and_keeps_the_masks():

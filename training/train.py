@@ -57,13 +57,34 @@ class TrainSet:
     labels: np.ndarray  # (N,) int64
     n_classes: int
     center: np.ndarray | None = None  # set by centred(): the mean the teacher targets were centred on
+    teacher_mirror: np.ndarray | None = None  # (N,128) the teacher on the mirrored faces (configs with p_mirror)
 
 
 def centred(data: TrainSet) -> TrainSet:
     """Teacher targets moved off dlib's narrow cone: minus their mean, re-normalised (see ``Reformer``)."""
     center = data.teacher.mean(0)
-    t = data.teacher - center
-    return replace(data, teacher=(t / np.linalg.norm(t, axis=1, keepdims=True)).astype(np.float32), center=center)
+
+    def move(t: np.ndarray | None) -> np.ndarray | None:
+        return None if t is None else ((t - center) / np.linalg.norm(t - center, axis=1, keepdims=True)).astype(
+            np.float32)
+
+    return replace(data, teacher=move(data.teacher), teacher_mirror=move(data.teacher_mirror), center=center)
+
+
+# iBUG 68-point index of each point's mirror image (jaw, brows, nose, eyes, lips)
+MIRROR68 = np.array([*range(16, -1, -1), *range(26, 16, -1), 27, 28, 29, 30, *range(35, 30, -1),
+                     45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40, *range(54, 47, -1), *range(59, 54, -1),
+                     *range(64, 59, -1), 67, 66, 65])
+
+
+def mirror_face(img: np.ndarray, lm68: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A crop and its 68 landmarks mirrored left-right (pixel centres at integers: x -> W - 1 - x).
+
+    The ArcFace template is symmetric to within half a pixel, so the mirrored crop is an aligned face too.
+    """
+    lm = lm68[MIRROR68].copy()
+    lm[:, 0] = img.shape[1] - 1 - lm[:, 0]
+    return np.ascontiguousarray(img[:, ::-1]), lm
 
 
 def interpolate_weights(start: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor],
@@ -170,12 +191,16 @@ class MaskedFaces(torch.utils.data.Dataset):
     :func:`jitter_alignment`; the clean target and the teacher embedding stay exactly aligned.
     ``degrade`` (``dict(p=, min_scale=, ...)``, optional): share of inputs, masked or not, passed through
     :func:`random_degrade` (the other keys are its arguments); the targets stay sharp.
+    ``p_mirror``: share of faces mirrored (:func:`mirror_face`) before anything else, with the teacher's
+    embedding of the mirrored face as their target (``data.teacher_mirror``).
     """
 
     def __init__(self, data: TrainSet, synth: MaskSynth, p_mask: float, seed: int, stage: int,
-                 jitter: dict | None = None, degrade: dict | None = None):
+                 jitter: dict | None = None, degrade: dict | None = None, p_mirror: float = 0.0):
         self.d, self.synth, self.p_mask, self.seed, self.stage = data, synth, p_mask, seed, stage
-        self.jitter, self.degrade = jitter, degrade
+        self.jitter, self.degrade, self.p_mirror = jitter, degrade, p_mirror
+        if p_mirror > 0 and data.teacher_mirror is None:
+            raise ValueError("p_mirror needs the teacher's embeddings of the mirrored faces (data.teacher_mirror)")
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -183,9 +208,11 @@ class MaskedFaces(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         rng = np.random.default_rng([self.seed, self.stage, self.epoch, i])
-        clean = self.d.img112[i]
+        clean, lm, teacher = self.d.img112[i], self.d.lm68_112[i], self.d.teacher
+        if self.p_mirror > 0 and rng.random() < self.p_mirror:  # drawn only when asked: older configs draw as before
+            (clean, lm), teacher = mirror_face(clean, lm), self.d.teacher_mirror
         if rng.random() < self.p_mask:
-            masked, occ = self.synth(clean, self.d.lm68_112[i], rng)
+            masked, occ = self.synth(clean, lm, rng)
             if self.jitter and rng.random() < self.jitter["p"]:
                 masked, occ = jitter_alignment(masked, occ, rng, self.jitter["rot_deg"], self.jitter["scale"],
                                                self.jitter["shift_px"])
@@ -194,7 +221,7 @@ class MaskedFaces(torch.utils.data.Dataset):
         if self.degrade and rng.random() < self.degrade["p"]:  # drawn last: the masks above stay as without it
             masked = random_degrade(masked, rng, **{k: v for k, v in self.degrade.items() if k != "p"})
         return (torch.from_numpy(to_input(masked)[0]), torch.from_numpy(to_input(clean)[0]),
-                torch.from_numpy(occ[None].astype(np.float32)), torch.from_numpy(self.d.teacher[i]),
+                torch.from_numpy(occ[None].astype(np.float32)), torch.from_numpy(teacher[i]),
                 int(self.d.labels[i]))
 
 
@@ -223,18 +250,22 @@ def build_trainset(cfg: dict, lfw_cache: dict | None, celeba_cache: dict | None,
         parts.append((lfw_cache, np.isin(lfw_cache["identity"], sorted(people)), "lfw"))
     if celeba_cache is not None and cfg.get("use_celeba", True):
         parts.append((celeba_cache, celeba_cache["found"].astype(bool), "celeba"))
-    imgs, lms, teach, ids = [], [], [], []
+    imgs, lms, teach, mirrored, ids = [], [], [], [], []
     for cache, keep, tag in parts:
         rows = np.flatnonzero(keep)
         key = tag + "-" + hashlib.sha1("\n".join(cache["path"][rows].tolist()).encode()).hexdigest()[:12]
         teach.append(teacher_embeddings(cache["chip150"][rows], cache_dir / f"teacher-{key}.npy"))
+        if cfg.get("p_mirror"):  # dlib's chip template is symmetric too: the mirrored chip is the mirrored face's
+            mirrored.append(teacher_embeddings(cache["chip150"][rows][:, :, ::-1],
+                                               cache_dir / f"teacher-{key}-mirror.npy"))
         imgs.append(cache["img112"][rows])
         lms.append(cache["lm68_112"][rows])
         ids.append(cache["identity"][rows])
     identity = np.concatenate(ids)
     names, labels = np.unique(identity, return_inverse=True)
     return TrainSet(np.concatenate(imgs), np.concatenate(lms).astype(np.float32),
-                    np.concatenate(teach).astype(np.float32), labels.astype(np.int64), len(names))
+                    np.concatenate(teach).astype(np.float32), labels.astype(np.int64), len(names),
+                    teacher_mirror=np.concatenate(mirrored).astype(np.float32) if mirrored else None)
 
 
 class Trainer:
@@ -329,12 +360,13 @@ class Trainer:
             start = self._load(partial, opt)["epoch"] + 1
         elif prev is not None:
             self._load(prev)
-        # jitter and camera degradations only where the student learns identity (the inpainter's target is the
-        # aligned face)
+        # jitter, camera degradations and mirroring only where the student learns identity (the inpainter's target
+        # is the aligned face)
         identity = stage != "inpaint"
         ds = MaskedFaces(self.data, self.synth, self.cfg["p_mask"], self.cfg["seed"], STAGES.index(stage),
                          self.cfg.get("align_jitter") if identity else None,
-                         self.cfg.get("degrade") if identity else None)
+                         self.cfg.get("degrade") if identity else None,
+                         self.cfg.get("p_mirror", 0.0) if identity else 0.0)
         batches = len(ds) // self.cfg["batch_size"]
         if (s.get("max_steps") or 0) > batches:  # it caps each epoch: more would silently run fewer steps
             raise ValueError(f"stage {stage}: max_steps={s['max_steps']} is more than one epoch of this data "

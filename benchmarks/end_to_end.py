@@ -22,6 +22,8 @@ face.
 
 ``--model`` takes any 112-crop ONNX embedder, e.g. dlib's network with no training (export a checkpoint of
 ``create_student(pretrained=True)``) to compare the off-the-shelf recogniser in the same pipeline.
+``--also-model`` (repeatable) scores more models on the very faces, landmarks and crops that ``--model``'s
+pipeline found in each frame: detection runs once, and the models' accuracies compare pair by pair.
 
     python benchmarks/end_to_end.py --lfw ../shared/data/lfw --masks ../shared/data/masks --folds 9-10
 """
@@ -35,6 +37,7 @@ from typing import Callable
 import numpy as np
 from detection import _centre_dist, add_camera_args, camera_frame  # benchmarks/detection.py: same rules, frames
 
+from maskfr.align import align_face
 from maskfr.cli import MASK_STYLES
 from maskfr.detector import FaceDetector, box_iou
 from maskfr.recognizer import DEFAULT_MODEL, FaceRecognizer
@@ -48,9 +51,26 @@ from maskfr.training.masks import MaskSynth
 Pipeline = Callable[[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]
 
 
-def maskfr_pipeline(rec: FaceRecognizer) -> Pipeline:
+def maskfr_pipeline(rec: FaceRecognizer, seen: dict | None = None) -> Pipeline:
+    """What a user runs; ``seen`` keeps the last frame and its faces for :func:`same_faces_pipeline`."""
     def run(rgb: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        return [(f.box, f.embedding) for f in rec.analyze([np.ascontiguousarray(rgb[..., ::-1])])[0]]
+        bgr = np.ascontiguousarray(rgb[..., ::-1])
+        faces = rec.analyze([bgr])[0]
+        if seen is not None:
+            seen.update(rgb=rgb, bgr=bgr, faces=faces)
+        return [(f.box, f.embedding) for f in faces]
+    return run
+
+
+def same_faces_pipeline(rec: FaceRecognizer, seen: dict) -> Pipeline:
+    """Another model on the faces the leading :func:`maskfr_pipeline` found in this same frame (it runs first)."""
+    def run(rgb: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        if seen.get("rgb") is not rgb:
+            raise RuntimeError("the leading pipeline must run first on each frame")
+        if not seen["faces"]:
+            return []
+        crops = np.stack([align_face(seen["bgr"], f.landmarks) for f in seen["faces"]])
+        return list(zip([f.box for f in seen["faces"]], rec.embed(crops, aligned=True)))
     return run
 
 
@@ -66,10 +86,12 @@ def face_recognition_pipeline() -> Pipeline:
 
 
 def run_pipelines(pipelines: dict[str, Pipeline], paths: list[str], index: np.ndarray, synth: MaskSynth,
-                  dim: dict[str, int], camera: dict | None = None) -> dict[str, dict]:
+                  dim: dict[str, int], camera: dict | None = None, followers: tuple[str, ...] = ()) -> dict[str, dict]:
     """Per pipeline, image and condition: the embedding of the face matching dlib's box (zeros + found=False if
     none), and seconds per call. Pipelines take turns on each frame, the order alternating, so their timings
-    share the machine's state. ``camera``: ``camera_frame``'s ``eye_px``, ``blur_px``, ``jpeg``, ``grey``, ``seed``."""
+    share the machine's state; ``followers`` (:func:`same_faces_pipeline`) run after them.
+    ``camera``: ``camera_frame``'s ``eye_px``, ``blur_px``, ``jpeg``, ``grey``, ``seed``."""
+    leaders = [k for k in pipelines if k not in followers]
     from tqdm import tqdm
     out = {k: {"emb": {m: np.zeros((len(paths), dim[k]), np.float32) for m in (False, True)},
                "found": {m: np.zeros(len(paths), bool) for m in (False, True)},
@@ -78,7 +100,7 @@ def run_pipelines(pipelines: dict[str, Pipeline], paths: list[str], index: np.nd
         f = fc.masked_frame(p, int(idx), synth)
         if not f["found"]:  # no dlib reference box: counted as missed
             continue
-        order = list(pipelines) if i % 2 == 0 else list(pipelines)[::-1]
+        order = (leaders if i % 2 == 0 else leaders[::-1]) + list(followers)
         frames, ref_box = {False: f["img"], True: f["masked"]}, f["box"]
         if camera:
             ref = {"box": f["box"], "five": five_from_68(f["lm68"]), "lm68": f["lm68"]}
@@ -115,6 +137,8 @@ def main() -> None:
     ap.add_argument("--lfw", type=Path, required=True)
     ap.add_argument("--masks", type=Path, required=True)
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    ap.add_argument("--also-model", type=Path, action="append", default=[],
+                    help="another ONNX model, scored on the faces --model's pipeline found (repeatable)")
     ap.add_argument("--folds", default="9-10")
     ap.add_argument("--mask-style", choices=list(MASK_STYLES), default="mixed",
                     help="mask family (as `maskfr eval --mask-style`; reads that command's cache)")
@@ -140,18 +164,25 @@ def main() -> None:
     detector = (FaceDetector(min_face=a.min_face, backend="cpu", models_dir=a.detector, threads=a.threads)
                 if a.detector else None)
     rec = FaceRecognizer(a.model, detector, backend="cpu", threads=a.threads, min_face=None if detector else a.min_face)
-    name = a.model.stem
-    pipelines, dim = {name: maskfr_pipeline(rec)}, {name: rec.new_gallery().dim}
+    name, seen = a.model.stem, {}
+    pipelines, dim = {name: maskfr_pipeline(rec, seen)}, {name: rec.new_gallery().dim}
+    recs = {name: rec}
+    for m in a.also_model:
+        if m.stem in recs:
+            raise SystemExit(f"two models named {m.stem}: give them different file names")
+        recs[m.stem] = FaceRecognizer(m, backend="cpu", threads=a.threads)
+        pipelines[m.stem], dim[m.stem] = same_faces_pipeline(recs[m.stem], seen), recs[m.stem].new_gallery().dim
     if a.baseline:
         pipelines[a.baseline], dim[a.baseline] = face_recognition_pipeline(), 128
     camera = (dict(eye_px=a.eye_px, blur_px=a.blur_px, jpeg=a.jpeg, grey=a.grey, seed=0)
               if a.eye_px or a.blur_px or a.jpeg or a.grey else None)
     runs = run_pipelines(pipelines, sub["path"].tolist(), rows, MaskSynth(a.masks, MASK_STYLES[a.mask_style]), dim,
-                         camera)
+                         camera, tuple(recs)[1:])
     lines = list(TABLE_HEADER)
     if camera is None:  # dlib's crops are of the sharp image
-        oracle = onnx_embedder(a.model)(sub)
-        lines += markdown_rows(evaluate(oracle, sub, pairs, a.out, f"{name}, oracle alignment (dlib, unmasked image)"))
+        for k, m in zip(recs, [a.model, *a.also_model]):
+            lines += markdown_rows(evaluate(onnx_embedder(m)(sub), sub, pairs, a.out,
+                                            f"{k}, oracle alignment (dlib, unmasked image)"))
     else:
         print(f"frames as a camera gives them: {camera}")
     summary = ["| pipeline | faces found unmasked / masked | accuracy % at a fixed threshold (u-u / m-u / m-m) "
@@ -159,12 +190,13 @@ def main() -> None:
     for k, r in runs.items():
         # the pipeline's own detection replaces dlib's in the end-to-end column
         run = dict(sub, found=r["found"][False], found_masked=r["found"][True], box_masked=sub["box"])
-        label = f"{name}, FaceRecognizer (MTCNN)" if k == name else f"{k} (HOG + dlib ResNet)"
+        label = {name: f"{name}, FaceRecognizer (MTCNN)", a.baseline: f"{k} (HOG + dlib ResNet)"}.get(
+            k, f"{k}, FaceRecognizer on {name}'s faces (ms: embedding only)")
         rep = evaluate(lambda m, r=r: l2n(r["emb"][m]), run, pairs, a.out, label)
         lines += markdown_rows(rep)
-        if k == name:  # each of the model's recommended thresholds (the runtime's default is FAR 1e-3's)
+        if k in recs:  # each of the model's recommended thresholds (the runtime's default is FAR 1e-3's)
             rules = {f"{far}: similarity >= {t:.4f}": (lambda x, y, t=t: np.sum(x * y, axis=1) >= t)
-                     for far, t in sorted(rec.thresholds.items())}
+                     for far, t in sorted(recs[k].thresholds.items())}
         else:
             rules = {"distance <= 0.6": lambda x, y: np.linalg.norm(x - y, axis=1) <= 0.6}
         ms = [1e3 * float(np.median(r["seconds"][m])) for m in (False, True)]

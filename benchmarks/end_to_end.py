@@ -91,8 +91,8 @@ def run_pipelines(pipelines: dict[str, Pipeline], paths: list[str], index: np.nd
     none), and seconds per call. Pipelines take turns on each frame, the order alternating, so their timings
     share the machine's state; ``followers`` (:func:`same_faces_pipeline`) run after them.
     ``camera``: ``camera_frame``'s ``eye_px``, ``blur_px``, ``jpeg``, ``grey``, ``seed``."""
-    leaders = [k for k in pipelines if k not in followers]
     from tqdm import tqdm
+    leaders = [k for k in pipelines if k not in followers]
     out = {k: {"emb": {m: np.zeros((len(paths), dim[k]), np.float32) for m in (False, True)},
                "found": {m: np.zeros(len(paths), bool) for m in (False, True)},
                "seconds": {False: [], True: []}} for k in pipelines}

@@ -65,8 +65,10 @@ def centred(data: TrainSet) -> TrainSet:
     center = data.teacher.mean(0)
 
     def move(t: np.ndarray | None) -> np.ndarray | None:
-        return None if t is None else ((t - center) / np.linalg.norm(t - center, axis=1, keepdims=True)).astype(
-            np.float32)
+        if t is None:
+            return None
+        t = t - center
+        return (t / np.linalg.norm(t, axis=1, keepdims=True)).astype(np.float32)
 
     return replace(data, teacher=move(data.teacher), teacher_mirror=move(data.teacher_mirror), center=center)
 

@@ -15,6 +15,7 @@ pytest.importorskip("onnx")
 
 from maskfr.detector import MIRROR, MODELS_DIR, FaceDetector, _square  # noqa: E402
 from maskfr.training import lnet  # noqa: E402
+from maskfr.training.dlib_models import MIRROR68, five_from_68  # noqa: E402
 
 from test_detector import public_faces  # noqa: E402
 
@@ -33,14 +34,15 @@ def _centroids(img: torch.Tensor) -> torch.Tensor:
     return torch.stack([(img.sum(2) * c).sum(2) / m, (img.sum(3) * c).sum(2) / m], 2) / img.shape[-1]
 
 
-def test_jitter_moves_points_with_their_pixels() -> None:
+@pytest.mark.parametrize("n,order", [(5, MIRROR), (68, MIRROR68)], ids=["5 points", "68 points"])
+def test_jitter_moves_points_with_their_pixels(n: int, order) -> None:
     gen = torch.Generator().manual_seed(0)
-    lm = 0.3 + 0.4 * torch.rand(32, 5, 2, generator=gen)
+    lm = 0.3 + 0.4 * torch.rand(16, n, 2, generator=gen)
     views, pts = lnet.jitter(_blobs(lm), lm, gen)
-    assert views.shape == (32, 5, lnet.INPUT, lnet.INPUT)
+    assert views.shape == (16, n, lnet.INPUT, lnet.INPUT)
     found = _centroids(views)  # channel k: the blob of original point k
     plain = (found - pts).norm(dim=2).max(1).values
-    mirrored = (found[:, MIRROR] - pts).norm(dim=2).max(1).values  # new point j came from point MIRROR[j]
+    mirrored = (found[:, order] - pts).norm(dim=2).max(1).values  # new point j came from point order[j]
     best = torch.minimum(plain, mirrored)
     assert best.max() < 0.2 / lnet.INPUT  # a fifth of a pixel
     assert (plain < mirrored).any() and (mirrored < plain).any()  # both kinds were drawn
@@ -54,15 +56,18 @@ def test_prepared_face_points_sit_on_their_pixels() -> None:
     from maskfr.training.mtcnn import FACE_SIDE, _landmark_faces
     five = np.array([[80, 84], [104, 83], [92, 98], [82, 110], [103, 111]], np.float32)
     box = np.array([60.0, 62.0, 124.0, 122.0])  # 64 wide: the crop is 96 frame pixels, one per crop pixel
+    lm68 = np.tile(five, (14, 1))[:68]  # the 68 points go the same way (here: the five, repeated)
     centroids = []
     for x, y in five:
         rgb = np.zeros((200, 200, 3), np.uint8)
         rgb[int(y), int(x)] = 255
-        face = _landmark_faces(rgb, [(box, five)])["face"][0, :, :, 0].astype(np.float64)
+        face = _landmark_faces(rgb, [(box, five, lm68)])["face"][0, :, :, 0].astype(np.float64)
         c = np.arange(FACE_SIDE) + 0.5
         centroids.append([(face.sum(0) * c).sum() / face.sum(), (face.sum(1) * c).sum() / face.sum()])
-    lm = _landmark_faces(np.zeros((200, 200, 3), np.uint8), [(box, five)])["face_lm"][0]
-    assert np.abs(np.array(centroids) / FACE_SIDE - lm).max() < 0.01 / FACE_SIDE
+    out = _landmark_faces(np.zeros((200, 200, 3), np.uint8), [(box, five, lm68), (None, five, lm68)])
+    assert out["face"].shape[0] == 1  # a face without a teacher box is left out
+    assert np.abs(np.array(centroids) / FACE_SIDE - out["face_lm"][0]).max() < 0.01 / FACE_SIDE
+    np.testing.assert_allclose(out["face_lm68"][0], np.tile(out["face_lm"][0], (14, 1))[:68])
 
 
 def test_point_loss_known_values() -> None:
@@ -71,6 +76,34 @@ def test_point_loss_known_values() -> None:
     pred[0, :5] = 0.3   # x off by 0.3 ...
     pred[0, 5:] = 0.4   # ... and y by 0.4: 0.5 per point
     assert lnet.point_loss(pred, target).item() == pytest.approx(0.25)  # sample 2 is exact
+
+
+def test_68_points_loss_and_five_of_them() -> None:
+    lm68 = np.random.default_rng(0).uniform(0.2, 0.8, (3, 68, 2)).astype(np.float32)
+    np.testing.assert_allclose(lnet.five_of(torch.from_numpy(lm68)).numpy(), np.stack([five_from_68(m) for m in lm68]),
+                               atol=1e-6)
+    target = torch.from_numpy(lm68)
+    pred = torch.cat([target[..., 0] + 0.3, target[..., 1] + 0.4], 1)  # every point 0.5 away, the five too
+    assert lnet.point_loss(pred, target).item() == pytest.approx(1.0)  # 68 points + their five, equal weights
+    pred = torch.cat([target[..., 0], target[..., 1]], 1)
+    pred[:, 0] += 0.6  # jaw point 0 only: 0.6 / 68 on the 68, nothing on the five
+    assert lnet.point_loss(pred, target).item() == pytest.approx(0.6 / 68, rel=1e-4)
+
+
+def test_68_point_net_exports_five_points(tmp_path: Path) -> None:
+    """Trained on 68 points (from a packaged 5-point file's layers), exported with the 5-point contract."""
+    import onnxruntime as ort
+    faces = np.random.default_rng(0).integers(0, 255, (16, 96, 96, 3), dtype=np.uint8)
+    lm68 = np.random.default_rng(1).uniform(0.3, 0.7, (16, 68, 2)).astype(np.float32)
+    net = lnet.train(faces, lm68, epochs=1, batch=8, out_dir=tmp_path, init=MODELS_DIR / "mtcnn_lnet.onnx")
+    assert net.head[3].out_features == 136
+    path = lnet.export_onnx(net, tmp_path / "lnet68.onnx")
+    x = torch.randn(3, 3, lnet.INPUT, lnet.INPUT, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = lnet.five_of(net.eval()(x).view(3, 2, 68).transpose(1, 2))
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    assert got.shape == (3, 10)
+    np.testing.assert_allclose(got, torch.cat([want[..., 0], want[..., 1]], 1).numpy(), atol=1e-4)
 
 
 def _toy_faces(n: int = 64) -> tuple[np.ndarray, np.ndarray]:

@@ -169,7 +169,8 @@ def test_alignment_jitter_moves_only_the_masked_input():
 
 
 def test_mirroring_swaps_sides_and_targets():
-    from maskfr.training.train import MIRROR68, MaskedFaces, centred, mirror_face
+    from maskfr.training.dlib_models import MIRROR68
+    from maskfr.training.train import MaskedFaces, centred, mirror_face
     assert sorted(MIRROR68) == list(range(68)) and (MIRROR68[MIRROR68] == np.arange(68)).all()
     data = _tiny_data()
     img, lm = data.img112[5], data.lm68_112[5]

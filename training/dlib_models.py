@@ -41,6 +41,12 @@ def face_recognizer():
     return dlib.face_recognition_model_v1(str(model_path("dlib_face_recognition_resnet_model_v1.dat")))
 
 
+# iBUG 68-point index of each point's mirror image (jaw, brows, nose, eyes, lips)
+MIRROR68 = np.array([*range(16, -1, -1), *range(26, 16, -1), 27, 28, 29, 30, *range(35, 30, -1),
+                     45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40, *range(54, 47, -1), *range(59, 54, -1),
+                     *range(64, 59, -1), 67, 66, 65])
+
+
 def five_from_68(lm68: np.ndarray) -> np.ndarray:
     """ArcFace-order 5 points (eye centres, nose tip, mouth corners) from 68-point landmarks."""
     lm68 = np.asarray(lm68, np.float32)

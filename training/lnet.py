@@ -9,6 +9,11 @@ jitter, mirroring and colour changes every epoch.
 Input: the detector's final box made square (``maskfr.detector._square``), cut out at 64x64,
 MTCNN's ``(x - 127.5) / 128`` NCHW float32. Output ``landmarks`` (N, 10): x1..x5, y1..y5 as
 fractions of the box in edge coordinates (pixel i spans [i, i+1)), ArcFace order.
+
+``--points 68`` trains on all 68 of dlib's points instead (jaw, brows, eye contours: the shape a mask
+leaves visible, benchmarks/RESULTS.md "How much of the hidden points the rest of the face tells"); the five
+are then computed from them as the reference computes them (:func:`five_of`), inside the exported graph, so
+the ONNX file has the same input and output either way.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from torch import nn
 
 from maskfr.detector import LNET_INPUT as INPUT
 from maskfr.detector import MIRROR
+from maskfr.training.dlib_models import MIRROR68
 from maskfr.training.mtcnn import CACHE, FACE_PAD, resume, save_checkpoint
 
 
@@ -32,13 +38,14 @@ class LNet(nn.Module):
     """Plain conv stack 64 -> 4 pixels, then two linear layers (positions need the spatial map,
     so no global pooling). ~1.1 M parameters, ~34 M multiply-adds per face."""
 
-    def __init__(self, width: int = 32) -> None:
+    def __init__(self, width: int = 32, points: int = 5) -> None:
         super().__init__()
         w = width
         self.features = nn.Sequential(
             _block(3, w, 2), _block(w, 2 * w, 2), _block(2 * w, 2 * w, 1), _block(2 * w, 4 * w, 2),
             _block(4 * w, 4 * w, 1), _block(4 * w, 8 * w, 2))
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * w * 16, 128), nn.ReLU(inplace=True), nn.Linear(128, 10))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * w * 16, 128), nn.ReLU(inplace=True),
+                                  nn.Linear(128, 2 * points))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x)) + 0.5  # fractions around the box centre
@@ -71,13 +78,30 @@ def from_onnx(path: str | Path, width: int = 32) -> LNet:
     return net
 
 
+class FivePoints(nn.Module):
+    """A 68-point LNet answering with the five points (N, 10), as the packaged 5-point one does."""
+
+    def __init__(self, net: LNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        five = five_of(self.net(x).view(-1, 2, 68).transpose(1, 2))  # -1: the batch stays dynamic in ONNX
+        return torch.cat([five[..., 0], five[..., 1]], 1)
+
+
+def five_of(p68: torch.Tensor) -> torch.Tensor:
+    """(N, 68, 2) -> (N, 5, 2) as ``dlib_models.five_from_68``: eye centres, nose tip, mouth corners."""
+    return torch.stack([p68[:, 36:42].mean(1), p68[:, 42:48].mean(1), p68[:, 30], p68[:, 48], p68[:, 54]], 1)
+
+
 def jitter(faces: torch.Tensor, lm: torch.Tensor, gen: torch.Generator, rotate: float = 15.0,
            scale: float = 0.1, shift: float = 0.08) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut INPUT x INPUT views out of stored padded crops with random rotation, scale, shift and
-    mirroring; return them (N, 3, INPUT, INPUT) float in [0, 255] with their (N, 5, 2) points.
+    mirroring; return them (N, 3, INPUT, INPUT) float in [0, 255] with their (N, P, 2) points.
 
-    ``faces``: (N, 3, S, S) float, the box target padded by ``FACE_PAD``; ``lm``: (N, 5, 2) fractions
-    of the stored crop. Normalised coordinates (align_corners=False) map output to input by
+    ``faces``: (N, 3, S, S) float, the box target padded by ``FACE_PAD``; ``lm``: (N, P, 2) fractions
+    of the stored crop, P = 5 (ArcFace order) or 68 (dlib's). Normalised coordinates (align_corners=False) map output to input by
     ``n_in = (s / FACE_PAD) R n_out + t``; the points take the inverse map.
     """
     n = len(faces)
@@ -94,7 +118,8 @@ def jitter(faces: torch.Tensor, lm: torch.Tensor, gen: torch.Generator, rotate: 
     p = (p + 1) / 2
     flip = torch.rand(n, generator=gen) < 0.5
     out = torch.where(flip[:, None, None, None], out.flip(3), out)
-    mirrored = torch.stack([1 - p[:, MIRROR, 0], p[:, MIRROR, 1]], 2)
+    order = MIRROR if lm.shape[1] == 5 else MIRROR68
+    mirrored = torch.stack([1 - p[:, order, 0], p[:, order, 1]], 2)
     return out, torch.where(flip[:, None, None], mirrored, p)
 
 
@@ -111,19 +136,29 @@ def colour(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def point_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean Euclidean distance of the 5 points, in box sides. pred (N, 10) x's then y's, target (N, 5, 2)."""
-    return (pred.view(-1, 2, 5).transpose(1, 2) - target).norm(dim=2).mean()
+    """Mean Euclidean distance of the points, in box sides. pred (N, 2P) x's then y's, target (N, P, 2).
+
+    With 68 points, the five computed from them (:func:`five_of`, what the detector answers) count as much
+    again as all 68.
+    """
+    pts = pred.view(len(pred), 2, -1).transpose(1, 2)
+    loss = (pts - target).norm(dim=2).mean()
+    if target.shape[1] == 68:
+        loss = loss + (five_of(pts) - five_of(target)).norm(dim=2).mean()
+    return loss
 
 
-def load(data_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Every face crop and its points from the prepared chunks (``mtcnn prepare``)."""
+def load(data_dir: str | Path, points: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Every face crop and its 5 or 68 points from the prepared chunks (``mtcnn prepare``)."""
     chunks = sorted(Path(data_dir).glob("[0-9]*.npz"))
     if not chunks:
         raise FileNotFoundError(f"no prepared chunks in {data_dir} (run: python -m maskfr.training.mtcnn prepare)")
     data = [np.load(c) for c in chunks]
-    if "face" not in data[0]:
-        raise KeyError(f"{chunks[0]} has no face crops: prepared by an older version, run prepare again")
-    return np.concatenate([d["face"] for d in data]), np.concatenate([d["face_lm"] for d in data])
+    key = {5: "face_lm", 68: "face_lm68"}[points]
+    if "face" not in data[0] or key not in data[0]:
+        raise KeyError(f"{chunks[0]} has no face crops with {points} points: prepared by an older version, "
+                       "run prepare again")
+    return np.concatenate([d["face"] for d in data]), np.concatenate([d[key] for d in data])
 
 
 def train(faces: np.ndarray, lm: np.ndarray, epochs: int = 30, lr: float = 2e-3, batch: int = 128,
@@ -131,13 +166,21 @@ def train(faces: np.ndarray, lm: np.ndarray, epochs: int = 30, lr: float = 2e-3,
           width: int = 32) -> LNet:
     """AdamW, learning rate warmed up then cosine-decayed; resumes from the per-epoch checkpoint in ``out_dir``.
 
-    ``init``: a finished run's ``lnet.pt``, or a packaged ``.onnx`` (:func:`from_onnx`; its BatchNorm
-    statistics stay frozen), to start from (a second, usually lower-rate cosine cycle).
+    ``lm`` (N, P, 2) holds 5 or 68 points per face, and the net answers as many. ``init``: a finished run's
+    ``lnet.pt``, or a packaged ``.onnx`` (:func:`from_onnx`; its BatchNorm statistics stay frozen), to start
+    from (a second, usually lower-rate cosine cycle); a 68-point net takes all but the last layer of a
+    5-point ``.onnx``.
     """
     torch.manual_seed(seed)
+    points = lm.shape[1]
     frozen_bn = init is not None and str(init).endswith(".onnx")
-    net = from_onnx(init, width) if frozen_bn else LNet(width)
-    if init is not None and not frozen_bn:
+    net = LNet(width, points)
+    if frozen_bn:
+        start = from_onnx(init, width)
+        if points != 5:
+            start.head[3] = net.head[3]  # a fresh last layer for the other points
+        net = start
+    elif init is not None:
         net.load_state_dict(torch.load(init, weights_only=True)["net"])
     net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
@@ -173,10 +216,12 @@ def train(faces: np.ndarray, lm: np.ndarray, epochs: int = 30, lr: float = 2e-3,
 
 
 def export_onnx(net: LNet, path: str | Path) -> Path:
-    """Opset 17, dynamic batch, ``input`` -> ``landmarks`` (BatchNorm folded by the exporter)."""
+    """Opset 17, dynamic batch, ``input`` -> ``landmarks`` (N, 10) (BatchNorm folded by the exporter; a
+    68-point net exports with :class:`FivePoints` around it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(net.eval(), (torch.zeros(2, 3, INPUT, INPUT),), str(path), opset_version=17, dynamo=False,
+    model = FivePoints(net) if net.head[3].out_features == 136 else net
+    torch.onnx.export(model.eval(), (torch.zeros(2, 3, INPUT, INPUT),), str(path), opset_version=17, dynamo=False,
                       input_names=["input"], output_names=["landmarks"],
                       dynamic_axes={"input": {0: "batch"}, "landmarks": {0: "batch"}})
     return path
@@ -191,10 +236,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--init", help="start from this lnet.pt (weights only) or packaged mtcnn_lnet.onnx "
                     "instead of random weights")
     ap.add_argument("--width", type=int, default=32, help="channels of the first conv (the packaged net: 32)")
+    ap.add_argument("--points", type=int, choices=[5, 68], default=5,
+                    help="train on dlib's 5 or 68 points (the ONNX file answers 5 either way)")
     ap.add_argument("--ckpt-dir", default=str(CACHE / "lnet"))
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "sdk" / "models" / "mtcnn_lnet.onnx"))
     a = ap.parse_args(argv)
-    faces, lm = load(a.data)
+    faces, lm = load(a.data, a.points)
     export_onnx(train(faces, lm, epochs=a.epochs, lr=a.lr, out_dir=a.ckpt_dir, init=a.init, width=a.width), a.out)
 
 

@@ -254,29 +254,37 @@ def _samples(rgb, faces, occupied, teacher, rng) -> dict:
         lm[i] = np.r_[(five[:, 0] - boxes[i, 0]), (five[:, 1] - boxes[i, 1])] / size[i]
     out = {f"crop{s}": crop_resize(rgb, boxes, s) for s in SIZES.values()}
     return {**out, "label": label.astype(np.int8), "reg": reg, "lm": lm, "side": size[:, 0].astype(np.float32),
-            **_landmark_faces(rgb, gts)}
+            **_landmark_faces(rgb, faces)}
 
 
-def _landmark_faces(rgb, gts: list[tuple]) -> dict:
-    """Each face's padded square crop (``face``) and its 5 points (``face_lm``) as fractions of the
-    crop in edge coordinates (pixel i spans [i, i+1)), the convention :mod:`maskfr.training.lnet` uses."""
+def _landmark_faces(rgb, faces: list[tuple]) -> dict:
+    """Each face's padded square crop (``face``), its 5 points (``face_lm``) and its 68 (``face_lm68``) as
+    fractions of the crop in edge coordinates (pixel i spans [i, i+1)), the convention
+    :mod:`maskfr.training.lnet` uses. Faces without a teacher box are left out."""
     import numpy as np
     from maskfr.detector import crop_resize
-    boxes = np.zeros((len(gts), 4))
-    for k, (g, _) in enumerate(gts):
+    kept = [(g, five, lm68) for g, five, lm68 in faces if g is not None]
+    boxes = np.zeros((len(kept), 4))
+    for k, (g, _, _) in enumerate(kept):
         c, half = (g[:2] + g[2:]) / 2, max(g[2] - g[0], g[3] - g[1]) * FACE_PAD / 2
         boxes[k] = np.round(np.r_[c - half, c + half])
-    five = np.array([f for _, f in gts], np.float32).reshape(-1, 5, 2)
-    lm = (five + 0.5 - boxes[:, None, :2]) / (boxes[:, None, 2:] - boxes[:, None, :2])
-    return {"face": crop_resize(rgb, boxes, FACE_SIDE), "face_lm": lm.astype(np.float32)}
+
+    def rel(pts: list, n: int) -> np.ndarray:
+        pts = np.array(pts, np.float32).reshape(len(kept), n, 2)
+        return ((pts + 0.5 - boxes[:, None, :2]) / (boxes[:, None, 2:] - boxes[:, None, :2])).astype(np.float32)
+
+    return {"face": crop_resize(rgb, boxes, FACE_SIDE), "face_lm": rel([f for _, f, _ in kept], 5),
+            "face_lm68": rel([lm for _, _, lm in kept], 68)}
 
 
 def prepare(paths: list[str], out_dir: str | Path, masks_root: str | Path, seed: int = 0,
-            part: int = 0, parts: int = 1, masked_copies: int = 3, degrade: float = 0.0) -> Path:
+            part: int = 0, parts: int = 1, masked_copies: int = 3, degrade: float = 0.0,
+            faces_only: bool = False) -> Path:
     """Labelled crops from these images, unmasked and ``masked_copies`` times freshly masked, in
     resumable chunks under ``out_dir``; process ``part`` of ``parts`` does every ``parts``-th chunk,
     so several can run at once. A ``degrade`` share of the copies pass through :data:`CAMERA`'s
-    degradations after masking; boxes and points stay those of the sharp unmasked image."""
+    degradations after masking; boxes and points stay those of the sharp unmasked image.
+    ``faces_only``: only the landmark stage's face crops (:func:`_landmark_faces`), not P/R/O-Net's."""
     import cv2
     import numpy as np
     from tqdm import tqdm
@@ -306,7 +314,8 @@ def prepare(paths: list[str], out_dir: str | Path, masks_root: str | Path, seed:
                     img = synth(img, lm68, rng)[0]
                 if degrade and rng.random() < degrade:  # no draw at 0: older data stays reproducible
                     img = random_degrade(img, rng, **CAMERA)
-                crops.append(_samples(img, faces, occupied, teacher, rng))
+                crops.append(_landmark_faces(img, faces) if faces_only
+                             else _samples(img, faces, occupied, teacher, rng))
         if not crops:
             continue
         tmp = dst.with_suffix(".tmp.npz")
@@ -458,6 +467,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--part", default="0/1", help="k/K: this process's share of the chunks")
     p.add_argument("--masked-copies", type=int, default=3)
     p.add_argument("--degrade", type=float, default=0.0, help="share of copies given camera blur, shrink and JPEG")
+    p.add_argument("--faces-only", action="store_true", help="only the landmark stage's face crops (lnet)")
     f = sub.add_parser("finetune", help="fine-tune, then export to OUT/mtcnn_*.onnx")
     f.add_argument("--nets", default="pnet,rnet,onet")
     f.add_argument("--epochs", default="3,5,4", help="one count, or one per net in --nets")
@@ -473,7 +483,7 @@ def main(argv: list[str] | None = None) -> None:
     elif a.cmd == "prepare":
         k, _, n = a.part.partition("/")
         prepare(training_paths(a.lfw, a.celeba, a.n_lfw, a.n_celeba), a.data, a.masks, part=int(k), parts=int(n),
-                masked_copies=a.masked_copies, degrade=a.degrade)
+                masked_copies=a.masked_copies, degrade=a.degrade, faces_only=a.faces_only)
     else:
         nets = {n: from_onnx(Path(a.init) / f"mtcnn_{n}.onnx", n) for n in NETS}
         names = a.nets.split(",")

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from maskfr.align import to_input
+from maskfr.training.dlib_models import MIRROR68
 from maskfr.training.losses import inpaint_loss, instance_kd, relation_kd
 from maskfr.training.masks import MaskSynth
 from maskfr.training.models import CosFaceHead, Decoder, G2DStudent, create_student
@@ -71,12 +72,6 @@ def centred(data: TrainSet) -> TrainSet:
         return (t / np.linalg.norm(t, axis=1, keepdims=True)).astype(np.float32)
 
     return replace(data, teacher=move(data.teacher), teacher_mirror=move(data.teacher_mirror), center=center)
-
-
-# iBUG 68-point index of each point's mirror image (jaw, brows, nose, eyes, lips)
-MIRROR68 = np.array([*range(16, -1, -1), *range(26, 16, -1), 27, 28, 29, 30, *range(35, 30, -1),
-                     45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40, *range(54, 47, -1), *range(59, 54, -1),
-                     *range(64, 59, -1), 67, 66, 65])
 
 
 def mirror_face(img: np.ndarray, lm68: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

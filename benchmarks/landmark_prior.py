@@ -34,7 +34,8 @@ def eye_frame(lm68: np.ndarray) -> np.ndarray:
     scale = np.hypot(v[:, 0], v[:, 1])[:, None]
     cos, sin = v[:, :1] / scale, v[:, 1:] / scale
     rel = lm68 - left[:, None]
-    return np.stack([rel[..., 0] * cos + rel[..., 1] * sin, rel[..., 1] * cos - rel[..., 0] * sin], -1) / scale[..., None]
+    rotated = np.stack([rel[..., 0] * cos + rel[..., 1] * sin, rel[..., 1] * cos - rel[..., 0] * sin], -1)
+    return rotated / scale[..., None]
 
 
 def prior_error(pts: np.ndarray, feats: list[int], target: list[int], sigma: float, seed: int = 0) -> float:

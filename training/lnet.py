@@ -102,8 +102,8 @@ def jitter(faces: torch.Tensor, lm: torch.Tensor, gen: torch.Generator, rotate: 
     mirroring; return them (N, 3, INPUT, INPUT) float in [0, 255] with their (N, P, 2) points.
 
     ``faces``: (N, 3, S, S) float, the box target padded by ``FACE_PAD``; ``lm``: (N, P, 2) fractions
-    of the stored crop, P = 5 (ArcFace order) or 68 (dlib's). Normalised coordinates (align_corners=False) map output to input by
-    ``n_in = (s / FACE_PAD) R n_out + t``; the points take the inverse map.
+    of the stored crop, P = 5 (ArcFace order) or 68 (dlib's). Normalised coordinates (align_corners=False)
+    map output to input by ``n_in = (s / FACE_PAD) R n_out + t``; the points take the inverse map.
     """
     n = len(faces)
     u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=gen)  # noqa: E731

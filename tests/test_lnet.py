@@ -90,13 +90,18 @@ def test_68_points_loss_and_five_of_them() -> None:
     assert lnet.point_loss(pred, target).item() == pytest.approx(0.6 / 68, rel=1e-4)
 
 
-def test_68_point_net_exports_five_points(tmp_path: Path) -> None:
+@pytest.mark.parametrize("hidden", [128, 256])
+def test_68_point_net_exports_five_points(tmp_path: Path, hidden: int) -> None:
     """Trained on 68 points (from a packaged 5-point file's layers), exported with the 5-point contract."""
     import onnxruntime as ort
     faces = np.random.default_rng(0).integers(0, 255, (16, 96, 96, 3), dtype=np.uint8)
     lm68 = np.random.default_rng(1).uniform(0.3, 0.7, (16, 68, 2)).astype(np.float32)
-    net = lnet.train(faces, lm68, epochs=1, batch=8, out_dir=tmp_path, init=MODELS_DIR / "mtcnn_lnet.onnx")
-    assert net.head[3].out_features == 136
+    packaged = lnet.from_onnx(MODELS_DIR / "mtcnn_lnet.onnx")
+    net = lnet.train(faces, lm68, epochs=1, batch=8, out_dir=tmp_path, init=MODELS_DIR / "mtcnn_lnet.onnx",
+                     hidden=hidden)
+    assert net.head[3].out_features == 136 and net.head[1].out_features == hidden
+    # the conv layers start from the packaged file (its BatchNorm statistics stay frozen, so they are unchanged)
+    assert torch.equal(net.features[0][1].running_var, packaged.features[0][1].running_var)
     path = lnet.export_onnx(net, tmp_path / "lnet68.onnx")
     x = torch.randn(3, 3, lnet.INPUT, lnet.INPUT, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -39,14 +39,14 @@ class LNet(nn.Module):
     """Plain conv stack 64 -> 4 pixels, then two linear layers (positions need the spatial map,
     so no global pooling). ~1.1 M parameters, ~34 M multiply-adds per face."""
 
-    def __init__(self, width: int = 32, points: int = 5) -> None:
+    def __init__(self, width: int = 32, points: int = 5, hidden: int = 128) -> None:
         super().__init__()
         w = width
         self.features = nn.Sequential(
             _block(3, w, 2), _block(w, 2 * w, 2), _block(2 * w, 2 * w, 1), _block(2 * w, 4 * w, 2),
             _block(4 * w, 4 * w, 1), _block(4 * w, 8 * w, 2))
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * w * 16, 128), nn.ReLU(inplace=True),
-                                  nn.Linear(128, 2 * points))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * w * 16, hidden), nn.ReLU(inplace=True),
+                                  nn.Linear(hidden, 2 * points))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x)) + 0.5  # fractions around the box centre
@@ -164,21 +164,23 @@ def load(data_dir: str | Path, points: int = 5) -> tuple[np.ndarray, np.ndarray]
 
 def train(faces: np.ndarray, lm: np.ndarray, epochs: int = 30, lr: float = 2e-3, batch: int = 128,
           out_dir: str | Path = CACHE / "lnet", seed: int = 0, init: str | Path | None = None,
-          width: int = 32) -> LNet:
+          width: int = 32, hidden: int = 128) -> LNet:
     """AdamW, learning rate warmed up then cosine-decayed; resumes from the per-epoch checkpoint in ``out_dir``.
 
     ``lm`` (N, P, 2) holds 5 or 68 points per face, and the net answers as many. ``init``: a finished run's
     ``lnet.pt``, or a packaged ``.onnx`` (:func:`from_onnx`; its BatchNorm statistics stay frozen), to start
     from (a second, usually lower-rate cosine cycle); a 68-point net takes all but the last layer of a
-    5-point ``.onnx``.
+    5-point ``.onnx``, and a net with another ``hidden`` width its conv layers only.
     """
     torch.manual_seed(seed)
     points = lm.shape[1]
     frozen_bn = init is not None and str(init).endswith(".onnx")
-    net = LNet(width, points)
+    net = LNet(width, points, hidden)
     if frozen_bn:
         start = from_onnx(init, width)
-        if points != 5:
+        if hidden != 128:
+            start.head = net.head
+        elif points != 5:
             start.head[3] = net.head[3]  # a fresh last layer for the other points
         net = start
     elif init is not None:
@@ -239,11 +241,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--width", type=int, default=32, help="channels of the first conv (the packaged net: 32)")
     ap.add_argument("--points", type=int, choices=[5, 68], default=5,
                     help="train on dlib's 5 or 68 points (the ONNX file answers 5 either way)")
+    ap.add_argument("--hidden", type=int, default=128, help="units of the hidden linear layer (packaged: 128)")
     ap.add_argument("--ckpt-dir", default=str(CACHE / "lnet"))
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "sdk" / "models" / "mtcnn_lnet.onnx"))
     a = ap.parse_args(argv)
     faces, lm = load(a.data, a.points)
-    export_onnx(train(faces, lm, epochs=a.epochs, lr=a.lr, out_dir=a.ckpt_dir, init=a.init, width=a.width), a.out)
+    export_onnx(train(faces, lm, epochs=a.epochs, lr=a.lr, out_dir=a.ckpt_dir, init=a.init, width=a.width,
+                      hidden=a.hidden), a.out)
 
 
 if __name__ == "__main__":

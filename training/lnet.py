@@ -53,7 +53,8 @@ class LNet(nn.Module):
 
 
 def from_onnx(path: str | Path, width: int = 32) -> LNet:
-    """A packaged ``mtcnn_lnet.onnx`` back in :class:`LNet`'s layout, to train on from it.
+    """A packaged ``mtcnn_lnet.onnx`` back in :class:`LNet`'s layout (its points and hidden width read from
+    the weights), to train on from it; :func:`answer` gives what the file answers.
 
     The exporter folded each BatchNorm into its conv; here each BatchNorm becomes ``x + bias`` (running mean 0,
     variance 1 - eps, scale 1), so its running statistics must stay frozen (:func:`train` keeps them in eval
@@ -65,7 +66,8 @@ def from_onnx(path: str | Path, width: int = 32) -> LNet:
     inits = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in model.graph.initializer}
     convs = [n.input[1:] for n in model.graph.node if n.op_type == "Conv"]
     linears = [n.input[1:] for n in model.graph.node if n.op_type == "Gemm"]
-    net = LNet(width)
+    hidden, outputs = (inits[w].shape[0] for w, _ in linears)  # Gemm weights are (out, in)
+    net = LNet(width, outputs // 2, hidden)
     for block, (w, b) in zip(net.features, convs, strict=True):
         conv, bn = block[0], block[1]
         conv.weight.data.copy_(inits[w])
@@ -77,6 +79,11 @@ def from_onnx(path: str | Path, width: int = 32) -> LNet:
         lin.weight.data.copy_(inits[w])
         lin.bias.data.copy_(inits[b])
     return net
+
+
+def answer(net: LNet) -> nn.Module:
+    """What the exported file computes: the net itself, or the five points of a 68-point net."""
+    return FivePoints(net) if net.head[3].out_features == 136 else net
 
 
 class FivePoints(nn.Module):
@@ -170,7 +177,7 @@ def train(faces: np.ndarray, lm: np.ndarray, epochs: int = 30, lr: float = 2e-3,
     ``lm`` (N, P, 2) holds 5 or 68 points per face, and the net answers as many. ``init``: a finished run's
     ``lnet.pt``, or a packaged ``.onnx`` (:func:`from_onnx`; its BatchNorm statistics stay frozen), to start
     from (a second, usually lower-rate cosine cycle); a 68-point net takes all but the last layer of a
-    5-point ``.onnx``, and a net with another ``hidden`` width its conv layers only.
+    file with the other number of points, and a net with another ``hidden`` width its conv layers only.
     """
     torch.manual_seed(seed)
     points = lm.shape[1]
@@ -178,9 +185,9 @@ def train(faces: np.ndarray, lm: np.ndarray, epochs: int = 30, lr: float = 2e-3,
     net = LNet(width, points, hidden)
     if frozen_bn:
         start = from_onnx(init, width)
-        if hidden != 128:
-            start.head = net.head
-        elif points != 5:
+        if start.head[1].out_features != hidden:
+            start.head = net.head  # a fresh head for another hidden width
+        elif start.head[3].out_features != 2 * points:
             start.head[3] = net.head[3]  # a fresh last layer for the other points
         net = start
     elif init is not None:
@@ -223,8 +230,7 @@ def export_onnx(net: LNet, path: str | Path) -> Path:
     68-point net exports with :class:`FivePoints` around it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = FivePoints(net) if net.head[3].out_features == 136 else net
-    torch.onnx.export(model.eval(), (torch.zeros(2, 3, INPUT, INPUT),), str(path), opset_version=17, dynamo=False,
+    torch.onnx.export(answer(net).eval(), (torch.zeros(2, 3, INPUT, INPUT),), str(path), opset_version=17, dynamo=False,
                       input_names=["input"], output_names=["landmarks"],
                       dynamic_axes={"input": {0: "batch"}, "landmarks": {0: "batch"}})
     return path

@@ -14,8 +14,9 @@ fractions of the box in edge coordinates (pixel i spans [i, i+1)), ArcFace order
 leaves visible, benchmarks/RESULTS.md "How much of the hidden points the rest of the face tells"); the five
 are then computed from them as the reference computes them (:func:`five_of`), inside the exported graph, so
 the ONNX file has the same input and output either way. With a 512-unit hidden layer (``--hidden 512``) it
-places the five better than the packaged 5-point net (with the default 128 units, worse), but the recogniser
-does no better on its crops, so the packaged LNet is still the 5-point one (RESULTS, same section).
+places the five better than the packaged 5-point net (with the default 128 units, worse; a 5-point net with
+that head does as well), but the recogniser does no better on its crops, so the packaged LNet is still the
+5-point one (RESULTS, same section).
 """
 from __future__ import annotations
 

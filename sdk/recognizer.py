@@ -98,7 +98,8 @@ def _from_pil(img: Any) -> np.ndarray:
     """A PIL image, upright by its EXIF orientation -> a grey, RGB or RGBA array."""
     from PIL import ImageOps  # only reached with a PIL image in hand
 
-    img = ImageOps.exif_transpose(img)
+    if img.getexif().get(0x0112, 1) != 1:  # exif_transpose copies even an upright image: only when it says turned
+        img = ImageOps.exif_transpose(img)
     if img.mode in ("L", "I;16", "I;16L", "I;16B"):
         arr = np.asarray(img)
         return arr.astype(np.uint16) if arr.dtype.kind == "u" and arr.itemsize == 2 else arr

@@ -23,7 +23,7 @@ import numpy as np
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 PYRAMID_FACTOR = 0.709  # MTCNN's scale step: each level halves the area
-LNET_INPUT = 64  # the landmark stage's crop side (maskfr.training.lnet)
+LNET_INPUT = 64  # the packaged landmark stage's crop side (maskfr.training.lnet; read from each file)
 MIRROR = [1, 0, 2, 4, 3]  # the 5 points' order in a mirrored face: eyes and mouth corners swap
 
 
@@ -165,7 +165,7 @@ class FaceDetector:
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
         return ["CPUExecutionProvider"]
 
-    def _run(self, name: str, x: np.ndarray) -> list[np.ndarray]:
+    def _session(self, name: str):
         if name not in self._sessions:  # created on first use: constructing a detector stays cheap
             import onnxruntime as ort
 
@@ -175,7 +175,10 @@ class FaceDetector:
                 raise FileNotFoundError(f"{path} missing (the MTCNN nets ship in maskfr/models)")
             self._sessions[name] = ort.InferenceSession(str(path), session_options(self.threads),
                                                         providers=self._providers())
-        return self._sessions[name].run(None, {"input": x})
+        return self._sessions[name]
+
+    def _run(self, name: str, x: np.ndarray) -> list[np.ndarray]:
+        return self._session(name).run(None, {"input": x})
 
     # -- stages ------------------------------------------------------------------------------
     def _scales(self, h: int, w: int) -> list[float]:
@@ -255,7 +258,8 @@ class FaceDetector:
         fractions of the box in edge coordinates, hence the half pixel.
         """
         sq = _square(boxes)
-        crops = np.concatenate([crop_resize(rgb, b[None], LNET_INPUT) for rgb, b in zip(rgbs, sq)])
+        side = self._session("lnet").get_inputs()[0].shape[2]  # the file says its input size
+        crops = np.concatenate([crop_resize(rgb, b[None], side) for rgb, b in zip(rgbs, sq)])
         both = self._run("lnet", to_net_input(np.concatenate([crops, crops[:, :, ::-1]])))[0]
         f, fm = np.split(both.reshape(-1, 2, 5).transpose(0, 2, 1), 2)
         f = (f + np.stack([1 - fm[:, MIRROR, 0], fm[:, MIRROR, 1]], 2)) / 2

@@ -159,20 +159,25 @@ def test_train_learns_and_resumes_exactly(tmp_path: Path, monkeypatch: pytest.Mo
         assert torch.equal(a, b), k
 
 
-def test_onnx_parity(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", [lnet.INPUT, 112])
+def test_onnx_parity(tmp_path: Path, size: int) -> None:
+    """Any input size exports (a 112x112 net gets one more stride-2 block: the head still sees 4x4) and
+    reads back from its file at that size."""
     import onnxruntime as ort
     torch.manual_seed(0)
-    net = lnet.LNet().eval()
+    net = lnet.LNet(size=size).eval()
+    assert net.features(torch.zeros(1, 3, size, size)).shape[2:] == (4, 4)
     for m in net.modules():  # non-trivial BatchNorm statistics, so folding them is tested
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
     path = lnet.export_onnx(net, tmp_path / "lnet.onnx")
-    x = torch.randn(3, 3, lnet.INPUT, lnet.INPUT, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = net(x).numpy()
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
     assert got.shape == (3, 10) and np.abs(got - want).max() < 1e-4
+    assert lnet.from_onnx(path).size == size
 
 
 def test_from_onnx_restores_the_packaged_net_and_trains_on_it(tmp_path: Path) -> None:
@@ -191,14 +196,19 @@ def test_from_onnx_restores_the_packaged_net_and_trains_on_it(tmp_path: Path) ->
     assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
     assert torch.allclose(bn.running_var, torch.full_like(bn.running_var, 1 - bn.eps))
     assert not torch.equal(trained.features[0][0].weight, net.features[0][0].weight)
+    big = np.zeros((4, 168, 168, 3), np.uint8)  # crops for a 112x112 net: the 64x64 file can't start it
+    with pytest.raises(ValueError, match="takes 64x64 crops, these data make 112x112"):
+        lnet.train(big, lm[:4], epochs=1, out_dir=tmp_path / "big", init=path)
 
 
-def test_detector_maps_lnet_points_to_frame_pixels(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", [lnet.INPUT, 112])
+def test_detector_maps_lnet_points_to_frame_pixels(tmp_path: Path, size: int) -> None:
     """An LNet that always answers the same fractions: the detector averages them with their mirror
     image (the answer on the mirrored crop, mapped back) and places the result on the squared final
-    box (edge coordinates: fraction f of a box from x0 of side s is x0 + f s - 0.5)."""
+    box (edge coordinates: fraction f of a box from x0 of side s is x0 + f s - 0.5). It cuts the
+    crops at the size the file takes."""
     frac = np.array([0.32, 0.7, 0.52, 0.35, 0.66, 0.4, 0.42, 0.55, 0.75, 0.77], np.float32)
-    net = lnet.LNet().eval()
+    net = lnet.LNet(size=size).eval()
     with torch.no_grad():
         net.head[-1].weight.zero_()
         net.head[-1].bias.copy_(torch.from_numpy(frac - 0.5))

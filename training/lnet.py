@@ -38,16 +38,22 @@ def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 
 class LNet(nn.Module):
-    """Plain conv stack 64 -> 4 pixels, then two linear layers (positions need the spatial map,
-    so no global pooling). ~1.1 M parameters, ~34 M multiply-adds per face."""
+    """Plain conv stack down to 4x4 pixels, then two linear layers (positions need the spatial map,
+    so no global pooling). At the packaged 64x64: ~1.1 M parameters, ~34 M multiply-adds per face;
+    a larger ``size`` gets extra stride-2 blocks until the map is 4x4 again (same head)."""
 
-    def __init__(self, width: int = 32, points: int = 5, hidden: int = 128) -> None:
+    def __init__(self, width: int = 32, points: int = 5, hidden: int = 128, size: int = INPUT) -> None:
         super().__init__()
         w = width
-        self.features = nn.Sequential(
-            _block(3, w, 2), _block(w, 2 * w, 2), _block(2 * w, 2 * w, 1), _block(2 * w, 4 * w, 2),
-            _block(4 * w, 4 * w, 1), _block(4 * w, 8 * w, 2))
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * w * 16, hidden), nn.ReLU(inplace=True),
+        blocks = [_block(3, w, 2), _block(w, 2 * w, 2), _block(2 * w, 2 * w, 1), _block(2 * w, 4 * w, 2),
+                  _block(4 * w, 4 * w, 1), _block(4 * w, 8 * w, 2)]
+        side = math.ceil(size / 16)
+        while side > 4:
+            blocks.append(_block(8 * w, 8 * w, 2))
+            side = math.ceil(side / 2)
+        self.size = size
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * w * side * side, hidden), nn.ReLU(inplace=True),
                                   nn.Linear(hidden, 2 * points))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,7 +75,8 @@ def from_onnx(path: str | Path, width: int = 32) -> LNet:
     convs = [n.input[1:] for n in model.graph.node if n.op_type == "Conv"]
     linears = [n.input[1:] for n in model.graph.node if n.op_type == "Gemm"]
     hidden, outputs = (inits[w].shape[0] for w, _ in linears)  # Gemm weights are (out, in)
-    net = LNet(width, outputs // 2, hidden)
+    size = model.graph.input[0].type.tensor_type.shape.dim[2].dim_value
+    net = LNet(width, outputs // 2, hidden, size)
     for block, (w, b) in zip(net.features, convs, strict=True):
         conv, bn = block[0], block[1]
         conv.weight.data.copy_(inits[w])
@@ -106,8 +113,8 @@ def five_of(p68: torch.Tensor) -> torch.Tensor:
 
 
 def jitter(faces: torch.Tensor, lm: torch.Tensor, gen: torch.Generator, rotate: float = 15.0,
-           scale: float = 0.1, shift: float = 0.08) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cut INPUT x INPUT views out of stored padded crops with random rotation, scale, shift and
+           scale: float = 0.1, shift: float = 0.08, size: int = INPUT) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut ``size`` x ``size`` views out of stored padded crops with random rotation, scale, shift and
     mirroring; return them (N, 3, INPUT, INPUT) float in [0, 255] with their (N, P, 2) points.
 
     ``faces``: (N, 3, S, S) float, the box target padded by ``FACE_PAD``; ``lm``: (N, P, 2) fractions
@@ -122,7 +129,7 @@ def jitter(faces: torch.Tensor, lm: torch.Tensor, gen: torch.Generator, rotate: 
     t = torch.stack([u(-shift, shift), u(-shift, shift)], 1) * 2 / FACE_PAD
     rot = torch.stack([torch.stack([a.cos(), -a.sin()], 1), torch.stack([a.sin(), a.cos()], 1)], 1)  # (N, 2, 2)
     theta = torch.cat([s[:, None, None] * rot, t[:, :, None]], 2)
-    grid = nn.functional.affine_grid(theta, [n, faces.shape[1], INPUT, INPUT], align_corners=False)
+    grid = nn.functional.affine_grid(theta, [n, faces.shape[1], size, size], align_corners=False)
     out = nn.functional.grid_sample(faces, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     p = torch.einsum("nji,nkj->nki", rot, (2 * lm - 1) - t[:, None]) / s[:, None, None]  # R^T (n_in - t) / s
     p = (p + 1) / 2
@@ -173,20 +180,23 @@ def load(data_dir: str | Path, points: int = 5) -> tuple[np.ndarray, np.ndarray]
 
 def train(faces: np.ndarray, lm: np.ndarray, epochs: int = 30, lr: float = 2e-3, batch: int = 128,
           out_dir: str | Path = CACHE / "lnet", seed: int = 0, init: str | Path | None = None,
-          width: int = 32, hidden: int = 128) -> LNet:
+          width: int = 32, hidden: int = 128, size: int | None = None) -> LNet:
     """AdamW, learning rate warmed up then cosine-decayed; resumes from the per-epoch checkpoint in ``out_dir``.
 
-    ``lm`` (N, P, 2) holds 5 or 68 points per face, and the net answers as many. ``init``: a finished run's
+    ``lm`` (N, P, 2) holds 5 or 68 points per face, and the net answers as many; its input side ``size``
+    is by default the crops' over ``FACE_PAD`` (``mtcnn prepare --face-side``), at most that. ``init``: a finished run's
     ``lnet.pt``, or a packaged ``.onnx`` (:func:`from_onnx`; its BatchNorm statistics stay frozen), to start
     from (a second, usually lower-rate cosine cycle); a 68-point net takes all but the last layer of a
     file with the other number of points, and a net with another ``hidden`` width its conv layers only.
     """
     torch.manual_seed(seed)
-    points = lm.shape[1]
+    points, size = lm.shape[1], size or round(faces.shape[1] / FACE_PAD)
     frozen_bn = init is not None and str(init).endswith(".onnx")
-    net = LNet(width, points, hidden)
+    net = LNet(width, points, hidden, size)
     if frozen_bn:
         start = from_onnx(init, width)
+        if start.size != size:
+            raise ValueError(f"{init} takes {start.size}x{start.size} crops, these data make {size}x{size} ones")
         if start.head[1].out_features != hidden:
             start.head = net.head  # a fresh head for another hidden width
         elif start.head[3].out_features != 2 * points:
@@ -213,7 +223,7 @@ def train(faces: np.ndarray, lm: np.ndarray, epochs: int = 30, lr: float = 2e-3,
         for b in range(0, len(perm), batch):
             idx = perm[b:b + batch]
             x = torch.from_numpy(faces[idx]).permute(0, 3, 1, 2).float()
-            x, target = jitter(x, lm_t[idx], gen)
+            x, target = jitter(x, lm_t[idx], gen, size=size)
             x = ((colour(x, gen) - 127.5) / 128).contiguous(memory_format=torch.channels_last)
             loss = point_loss(net(x), target)
             opt.zero_grad()
@@ -228,11 +238,11 @@ def train(faces: np.ndarray, lm: np.ndarray, epochs: int = 30, lr: float = 2e-3,
 
 
 def export_onnx(net: LNet, path: str | Path) -> Path:
-    """Opset 17, dynamic batch, ``input`` -> ``landmarks`` (N, 10) (BatchNorm folded by the exporter; a
-    68-point net exports with :class:`FivePoints` around it)."""
+    """Opset 17, dynamic batch, ``input`` (N, 3, size, size) -> ``landmarks`` (N, 10) (BatchNorm folded by
+    the exporter; a 68-point net exports with :class:`FivePoints` around it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(answer(net).eval(), (torch.zeros(2, 3, INPUT, INPUT),), str(path), opset_version=17, dynamo=False,
+    torch.onnx.export(answer(net).eval(), (torch.zeros(2, 3, net.size, net.size),), str(path), opset_version=17, dynamo=False,
                       input_names=["input"], output_names=["landmarks"],
                       dynamic_axes={"input": {0: "batch"}, "landmarks": {0: "batch"}})
     return path
@@ -250,12 +260,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--points", type=int, choices=[5, 68], default=5,
                     help="train on dlib's 5 or 68 points (the ONNX file answers 5 either way)")
     ap.add_argument("--hidden", type=int, default=128, help="units of the hidden linear layer (packaged: 128)")
+    ap.add_argument("--size", type=int, help="input side (packaged: 64); default: the prepared crops' / 1.5")
     ap.add_argument("--ckpt-dir", default=str(CACHE / "lnet"))
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "sdk" / "models" / "mtcnn_lnet.onnx"))
     a = ap.parse_args(argv)
     faces, lm = load(a.data, a.points)
     export_onnx(train(faces, lm, epochs=a.epochs, lr=a.lr, out_dir=a.ckpt_dir, init=a.init, width=a.width,
-                      hidden=a.hidden), a.out)
+                      hidden=a.hidden, size=a.size), a.out)
 
 
 if __name__ == "__main__":

@@ -257,7 +257,7 @@ def _samples(rgb, faces, occupied, teacher, rng) -> dict:
             **_landmark_faces(rgb, faces)}
 
 
-def _landmark_faces(rgb, faces: list[tuple]) -> dict:
+def _landmark_faces(rgb, faces: list[tuple], side: int = FACE_SIDE) -> dict:
     """Each face's padded square crop (``face``), its 5 points (``face_lm``) and its 68 (``face_lm68``) as
     fractions of the crop in edge coordinates (pixel i spans [i, i+1)), the convention
     :mod:`maskfr.training.lnet` uses. Faces without a teacher box are left out."""
@@ -273,18 +273,19 @@ def _landmark_faces(rgb, faces: list[tuple]) -> dict:
         pts = np.array(pts, np.float32).reshape(len(kept), n, 2)
         return ((pts + 0.5 - boxes[:, None, :2]) / (boxes[:, None, 2:] - boxes[:, None, :2])).astype(np.float32)
 
-    return {"face": crop_resize(rgb, boxes, FACE_SIDE), "face_lm": rel([f for _, f, _ in kept], 5),
+    return {"face": crop_resize(rgb, boxes, side), "face_lm": rel([f for _, f, _ in kept], 5),
             "face_lm68": rel([lm for _, _, lm in kept], 68)}
 
 
 def prepare(paths: list[str], out_dir: str | Path, masks_root: str | Path, seed: int = 0,
             part: int = 0, parts: int = 1, masked_copies: int = 3, degrade: float = 0.0,
-            faces_only: bool = False) -> Path:
+            faces_only: bool = False, face_side: int = FACE_SIDE) -> Path:
     """Labelled crops from these images, unmasked and ``masked_copies`` times freshly masked, in
     resumable chunks under ``out_dir``; process ``part`` of ``parts`` does every ``parts``-th chunk,
     so several can run at once. A ``degrade`` share of the copies pass through :data:`CAMERA`'s
     degradations after masking; boxes and points stay those of the sharp unmasked image.
-    ``faces_only``: only the landmark stage's face crops (:func:`_landmark_faces`), not P/R/O-Net's."""
+    ``faces_only``: only the landmark stage's face crops (:func:`_landmark_faces`, ``face_side`` pixels a
+    side: ``FACE_PAD`` times the input of the LNet to train), not P/R/O-Net's."""
     import cv2
     import numpy as np
     from tqdm import tqdm
@@ -314,7 +315,7 @@ def prepare(paths: list[str], out_dir: str | Path, masks_root: str | Path, seed:
                     img = synth(img, lm68, rng)[0]
                 if degrade and rng.random() < degrade:  # no draw at 0: older data stays reproducible
                     img = random_degrade(img, rng, **CAMERA)
-                crops.append(_landmark_faces(img, faces) if faces_only
+                crops.append(_landmark_faces(img, faces, face_side) if faces_only
                              else _samples(img, faces, occupied, teacher, rng))
         if not crops:
             continue
@@ -468,6 +469,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--masked-copies", type=int, default=3)
     p.add_argument("--degrade", type=float, default=0.0, help="share of copies given camera blur, shrink and JPEG")
     p.add_argument("--faces-only", action="store_true", help="only the landmark stage's face crops (lnet)")
+    p.add_argument("--face-side", type=int, default=FACE_SIDE, help="their side in pixels (1.5x the LNet input)")
     f = sub.add_parser("finetune", help="fine-tune, then export to OUT/mtcnn_*.onnx")
     f.add_argument("--nets", default="pnet,rnet,onet")
     f.add_argument("--epochs", default="3,5,4", help="one count, or one per net in --nets")
@@ -483,7 +485,8 @@ def main(argv: list[str] | None = None) -> None:
     elif a.cmd == "prepare":
         k, _, n = a.part.partition("/")
         prepare(training_paths(a.lfw, a.celeba, a.n_lfw, a.n_celeba), a.data, a.masks, part=int(k), parts=int(n),
-                masked_copies=a.masked_copies, degrade=a.degrade, faces_only=a.faces_only)
+                masked_copies=a.masked_copies, degrade=a.degrade, faces_only=a.faces_only,
+                face_side=a.face_side)
     else:
         nets = {n: from_onnx(Path(a.init) / f"mtcnn_{n}.onnx", n) for n in NETS}
         names = a.nets.split(",")

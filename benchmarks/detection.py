@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         exclude = set(training_paths(args.lfw, args.heldout))
     paths = sample_paths(args.lfw, args.n, args.seed, folds, exclude)
     refs = references(paths)
-    synth = MaskSynth(args.masks, MASK_STYLES[args.mask_style])
+    synth = MaskSynth(args.masks, **MASK_STYLES[args.mask_style])
     stats = {k: {c: {"found": [], "err": [], "err_corners": [], "unmatched": 0} for c in ("unmasked", "masked")}
              for k in detectors}
     for i, (p, ref) in enumerate(zip(paths, refs)):

@@ -176,7 +176,7 @@ def main() -> None:
         pipelines[a.baseline], dim[a.baseline] = face_recognition_pipeline(), 128
     camera = (dict(eye_px=a.eye_px, blur_px=a.blur_px, jpeg=a.jpeg, grey=a.grey, seed=0)
               if a.eye_px or a.blur_px or a.jpeg or a.grey else None)
-    runs = run_pipelines(pipelines, sub["path"].tolist(), rows, MaskSynth(a.masks, MASK_STYLES[a.mask_style]), dim,
+    runs = run_pipelines(pipelines, sub["path"].tolist(), rows, MaskSynth(a.masks, **MASK_STYLES[a.mask_style]), dim,
                          camera, tuple(recs)[1:])
     lines = list(TABLE_HEADER)
     if camera is None:  # dlib's crops are of the sharp image

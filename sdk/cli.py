@@ -20,8 +20,10 @@ def cmd_mask(a: argparse.Namespace) -> int:
     return 0
 
 
-# share of MaskTheFace template masks in each --mask-style (the rest are procedural shapes and fills)
-MASK_STYLES = {"mixed": 0.5, "template": 1.0, "procedural": 0.0}
+# MaskSynth's settings for each --mask-style: the share of MaskTheFace template masks (the rest are procedural
+# shapes and fills) and of masks worn below the nose
+MASK_STYLES = {"mixed": {"p_template": 0.5}, "template": {"p_template": 1.0}, "procedural": {"p_template": 0.0},
+               "below-nose": {"p_template": 0.5, "p_below_nose": 1.0}}
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -32,7 +34,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from maskfr.training.embedders import dlib_embedder, dlib_port_embedder, onnx_embedder
     from maskfr.training.evaluate import TABLE_HEADER, compare, comparison_rows, evaluate, lfw_pairs, markdown_rows
     cache_path = Path(a.cache) if a.cache else fc.lfw_cache_path(a.mask_style)
-    if MASK_STYLES[a.mask_style] > 0 and not a.masks and not cache_path.exists():
+    if MASK_STYLES[a.mask_style]["p_template"] > 0 and not a.masks and not cache_path.exists():
         raise ValueError(f"building the cache with --mask-style {a.mask_style} draws MaskTheFace templates: give their "
                          "folder with --masks (or use --mask-style procedural)")
     pairs = lfw_pairs(a.lfw, _folds(a.folds))
@@ -41,7 +43,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         wanted = set(need)
         people = sorted({Path(p).parent.name for p in need})
         fc.build([s for s in LFW(a.lfw).samples(people) if s.path in wanted], cache_path, a.masks,
-                 p_template=MASK_STYLES[a.mask_style])
+                 **MASK_STYLES[a.mask_style])
     cache = fc.load(cache_path)
     rows = np.flatnonzero(np.isin(cache["path"], need))
     sub = {k: v[rows] for k, v in cache.items()}
@@ -114,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--folds", default="1-10", help="pairs.txt folds to evaluate, e.g. 6-10")
     e.add_argument("--mask-style", choices=list(MASK_STYLES), default="mixed",
                    help="masks drawn on the test faces: half MaskTheFace templates and half procedural (mixed, "
-                   "as in training), or one family only, e.g. to test a model trained without it")
+                   "as in training), or one family only, e.g. to test a model trained without it, or both worn "
+                   "below the nose (below-nose; never trained on)")
     e.add_argument("--cache", help="aligned-face cache (.npz); default ~/.cache/maskfr/lfw.npz, or "
                    "lfw-<style>.npz for a single --mask-style")
     e.add_argument("--out", default="eval_out", help="folder for the JSON report and ROC plot")

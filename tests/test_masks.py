@@ -3,7 +3,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import draw_face, face_landmarks
+from conftest import data_root, draw_face, face_landmarks
 
 from maskfr.training.masks import MaskSynth, face_anchors, load_templates
 
@@ -43,6 +43,29 @@ def test_procedural_masks_cover_nose_to_chin_not_eyes(tmp_path, angle):
     path = tmp_path / "contact_sheet.png"
     cv2.imwrite(str(path), np.vstack([np.hstack(sheet[r * 6:(r + 1) * 6]) for r in range(4)]))
     assert cv2.imread(str(path)).shape == (4 * img.shape[0], 6 * img.shape[1], 3)
+
+
+def _check_below_nose(occ: np.ndarray, lm: np.ndarray, template: bool) -> None:
+    """Mouth and chin covered, eyes and nose bare (a template's nose clip may still reach its tip)."""
+    chin = lm[57] + (0.4 if template else 0.7) * (lm[8] - lm[57])
+    for p in np.vstack([lm[[62, 66, 57]], chin[None]]):
+        assert occ[int(round(p[1])), int(round(p[0]))], f"point {p} not covered"
+    for p in lm[EYES + [27, 28, 29] + ([] if template else [30])]:
+        assert not occ[int(round(p[1])), int(round(p[0]))], f"point {p} covered"
+
+
+@pytest.mark.parametrize("p_template", [0.0, 1.0])
+def test_masks_worn_below_the_nose(p_template):
+    data = data_root()
+    if p_template and data is None:
+        pytest.skip("the MaskTheFace templates are in the shared data")
+    root = data / "masks" if p_template else None
+    synth = MaskSynth(root, p_template=p_template, p_below_nose=1.0)
+    for angle in (0.0, 0.25, -0.3):
+        lm = face_landmarks(angle=angle)
+        img = draw_face(lm)
+        for seed in range(12):
+            _check_below_nose(synth(img, lm, np.random.default_rng(seed))[1], lm, bool(p_template))
 
 
 def test_deterministic_under_seed_and_varied_across_seeds():

@@ -9,6 +9,10 @@ Two families, mixed at random so models don't learn one template:
   and trapezoids in random colours, patterns or textures, with shading and
   optional straps. These need no data files.
 
+Either family's top edge lies on the nose; ``p_below_nose`` of the masks are worn
+below it instead (top edge between the nostrils and the upper lip, nose bare), as
+people wear them often and the training masks never were.
+
 Every call returns the masked image and the binary occlusion map; it is
 deterministic for a given ``numpy.random.Generator`` state.
 """
@@ -93,6 +97,11 @@ def face_anchors(lm68: np.ndarray) -> np.ndarray:
     return np.stack([a, lm[28], c, d, lm[8], f]).astype(np.float32)
 
 
+def _below_nose(lm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A top edge point between the nostrils' base (33) and the top of the upper lip (51)."""
+    return lm[33] + (lm[51] - lm[33]) * rng.uniform(0.0, 0.6)
+
+
 def _blend(img: np.ndarray, rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     a = alpha[..., None]
     return np.clip(img.astype(np.float32) * (1 - a) + rgb * a, 0, 255).astype(np.uint8)
@@ -101,21 +110,24 @@ def _blend(img: np.ndarray, rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 class MaskSynth:
     """Random mask painter. ``masks_root`` adds MaskTheFace templates and textures."""
 
-    def __init__(self, masks_root: str | Path | None = None, p_template: float = 0.5):
+    def __init__(self, masks_root: str | Path | None = None, p_template: float = 0.5, p_below_nose: float = 0.0):
         self.templates = load_templates(masks_root) if masks_root else []
         self.textures = load_textures(masks_root) if masks_root else []
         if masks_root and p_template > 0 and not self.templates:  # not procedural-only in silence
             raise ValueError(f"no MaskTheFace templates in {masks_root} (its masks.cfg is missing or names none); "
                              "give the masks folder, or p_template=0 for procedural masks only")
         self.p_template = p_template if self.templates else 0.0
+        self.p_below_nose = p_below_nose
 
     def __call__(self, img: np.ndarray, lm68: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Masked copy of an RGB uint8 image and its occlusion map (bool HxW)."""
         lm = np.asarray(lm68, np.float32)
+        # no draw when 0: the masks of every seeded cache and benchmark stay what they were
+        low = self.p_below_nose > 0 and rng.random() < self.p_below_nose
         if rng.random() < self.p_template:
-            rgb, alpha = self._template(img.shape[:2], lm, rng)
+            rgb, alpha = self._template(img.shape[:2], lm, rng, low)
         else:
-            rgb, alpha = self._procedural(img.shape[:2], lm, rng)
+            rgb, alpha = self._procedural(img.shape[:2], lm, rng, low)
         # global brightness of the mask follows a random light level, as real photos do
         rgb = rgb * rng.uniform(0.7, 1.1)
         return _blend(img, rgb, alpha), alpha > 0.5
@@ -149,9 +161,13 @@ class MaskSynth:
         return np.where(sel[..., None], c1, c2)
 
     # -- template masks ----------------------------------------------------------------------
-    def _template(self, shape, lm, rng):
+    def _template(self, shape, lm, rng, low=False):
         h, w = shape
         face = face_anchors(lm)
+        if low:  # the top edge below the nose, the sides down with it; lower lip and chin stay
+            top = _below_nose(lm, rng)
+            face[0], face[2] = _cross_jaw(lm, top)
+            face[1] = top
         view = float(np.dot(face[1] - face[0], face[2] - face[0]) / (np.sum((face[2] - face[0]) ** 2) + 1e-9))
         views = np.array([t.view for t in self.templates])
         near = np.flatnonzero(np.abs(views - views[np.argmin(np.abs(views - view))]) < 1e-3)
@@ -161,7 +177,7 @@ class MaskSynth:
         face[1] += (lm[29] - lm[28]) * rng.uniform(-0.8, 1.0)  # top edge higher or lower on the nose
         H, _ = cv2.findHomography(tpl.anchors, face, 0)
         if H is None:
-            return self._procedural(shape, lm, rng)
+            return self._procedural(shape, lm, rng, low)
         rgba = cv2.warpPerspective(tpl.rgba, H, (w, h), flags=cv2.INTER_LINEAR, borderValue=0).astype(np.float32)
         rgb, alpha = rgba[..., :3], rgba[..., 3] / 255.0
         r = rng.random()
@@ -175,12 +191,13 @@ class MaskSynth:
         return rgb, alpha
 
     # -- procedural masks --------------------------------------------------------------------
-    def _procedural(self, shape, lm, rng):
+    def _procedural(self, shape, lm, rng, low=False):
         h, w = shape
         a, b, c, d, e, f = face_anchors(lm)
         width = np.linalg.norm(c - a)
         down = (e - b) / (np.linalg.norm(e - b) + 1e-9)
-        top = lm[28] + (lm[30] - lm[28]) * rng.uniform(0.0, 0.7)  # from upper nose to just above the tip
+        # from upper nose to just above the tip, or below the nose
+        top = _below_nose(lm, rng) if low else lm[28] + (lm[30] - lm[28]) * rng.uniform(0.0, 0.7)
         grow = rng.uniform(0.0, 0.08) * width
         kind = rng.choice(["jaw", "ellipse", "trapezoid"])
         if kind == "jaw":

@@ -469,7 +469,7 @@ def train_from_args(a) -> int:
     cel = fc.load(fc.build(celeba(a.celeba), fc.CACHE_ROOT / "celeba.npz", a.masks)) if a.celeba else None
     data = build_trainset(cfg, lfw_cache, cel, lfw_root, fc.CACHE_ROOT)
     print(f"training faces: {len(data.labels)}, identities: {data.n_classes}")
-    trainer = Trainer(cfg, data, MaskSynth(a.masks, p_template), run)
+    trainer = Trainer(cfg, data, MaskSynth(a.masks, p_template, cfg.get("p_below_nose", 0.0)), run)
     final = trainer.fit()
     print(f"checkpoint: {final}")
     trainer.student.cpu()  # evaluation below runs on the CPU

@@ -219,7 +219,7 @@ class MaskClassifier:
             h = h @ w + b
             if i < len(self.layers) - 1:
                 h = np.maximum(h, 0)
-        return 1.0 / (1.0 + np.exp(-h[:, 0]))
+        return 0.5 * (1.0 + np.tanh(0.5 * h[:, 0]))  # the logistic function, without exp's overflow
 
 
 # -- recognizer ---------------------------------------------------------------------------------

@@ -6,6 +6,9 @@ People of LFW ``people.txt`` folds 1-5 train it, folds 6-10 measure it, so the r
 accuracy is on unseen people. The result is a few numbers in ``sdk/models/mask_classifier.json``.
 
     python -m maskfr.training.mask_classifier --lfw ../shared/data/lfw
+
+``--cache`` more than once pools caches with other masks (e.g. worn below the nose, ``maskfr eval --mask-style
+below-nose --folds 1-5 --cache ...``), split by the same people.
 """
 from __future__ import annotations
 
@@ -56,21 +59,30 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, hidden: int = 32, epochs: int = 60, lr
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--lfw", required=True, help="LFW root (people.txt)")
-    p.add_argument("--cache", default=str(lfw_cache_path()))
+    p.add_argument("--cache", action="append", help="aligned-face cache(s) (default: the mixed-mask LFW cache)")
     p.add_argument("--out", default=str(MASK_CLASSIFIER))
     a = p.parse_args(argv)
     folds = LFW(a.lfw).people_folds()
     train_people, test_people = set(sum(folds[:5], [])), set(sum(folds[5:], []))
-    with np.load(a.cache, allow_pickle=False) as z:
-        person = np.array([Path(s).parent.name for s in z["path"]])
-        rows = {"train": np.flatnonzero(np.isin(person, list(train_people))),
-                "test": np.flatnonzero(np.isin(person, list(test_people)))}
-        feats = {}  # (masked, grey) -> split -> features
-        for masked, key in ((0, "img112"), (1, "img112_masked")):
-            arr = z[key]
-            for grey in (False, True):
-                feats[masked, grey] = {split: features(arr[r], grey=grey) for split, r in rows.items()}
-            del arr
+    parts: dict = {}  # (masked, grey) -> split -> features, one array per cache
+    n_rows = {"train": 0, "test": 0}
+    caches = a.cache or [str(lfw_cache_path())]
+    for cache in caches:
+        with np.load(cache, allow_pickle=False) as z:
+            person = np.array([Path(s).parent.name for s in z["path"]])
+            rows = {"train": np.flatnonzero(np.isin(person, list(train_people))),
+                    "test": np.flatnonzero(np.isin(person, list(test_people)))}
+            for split, r in rows.items():
+                n_rows[split] += len(r)
+            for masked, key in ((0, "img112"), (1, "img112_masked")):
+                arr = z[key]
+                for grey in (False, True):
+                    for split, r in rows.items():
+                        if len(r):  # a cache may hold training people only
+                            parts.setdefault((masked, grey), {}).setdefault(split, []).append(
+                                features(arr[r], grey=grey))
+                del arr
+    feats = {k: {split: np.concatenate(v) for split, v in d.items()} for k, d in parts.items()}
     x = np.concatenate([f["train"] for f in feats.values()])
     y = np.concatenate([np.full(len(f["train"]), m, float) for (m, _), f in feats.items()])
     mean, std = x.mean(0, dtype=np.float64).round(6), (x.std(0, dtype=np.float64) + 1e-6).round(6)  # as stored
@@ -82,9 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
     test = {f"test_accuracy_{'masked' if m else 'unmasked'}{'_grey' if g else ''}": accuracy(f["test"], m)
             for (m, g), f in feats.items()}
     info = {"train_accuracy": accuracy(x, y), "test_accuracy": float(np.mean(list(test.values()))), **test,
-            "n_train_images": int(len(rows["train"])), "n_test_images": int(len(rows["test"])),
-            "data": "LFW aligned-face cache, synthetic masks, each crop also in grey; train people.txt folds 1-5, "
-                    "test folds 6-10"}
+            "n_train_images": n_rows["train"], "n_test_images": n_rows["test"],
+            "data": f"LFW aligned-face caches ({', '.join(Path(c).name for c in caches)}), synthetic masks, each crop "
+                    "also in grey; train people.txt folds 1-5, test folds 6-10"}
     out = {"mean": mean.tolist(), "std": std.tolist(), "layers": layers, "threshold": clf.threshold, **info}
     Path(a.out).write_text(json.dumps(out) + "\n")
     print(json.dumps(info, indent=1))

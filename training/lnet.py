@@ -243,8 +243,8 @@ def export_onnx(net: LNet, path: str | Path) -> Path:
     the exporter; a 68-point net exports with :class:`FivePoints` around it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(answer(net).eval(), (torch.zeros(2, 3, net.size, net.size),), str(path), opset_version=17, dynamo=False,
-                      input_names=["input"], output_names=["landmarks"],
+    torch.onnx.export(answer(net).eval(), (torch.zeros(2, 3, net.size, net.size),), str(path), opset_version=17,
+                      dynamo=False, input_names=["input"], output_names=["landmarks"],
                       dynamic_axes={"input": {0: "batch"}, "landmarks": {0: "batch"}})
     return path
 

@@ -11,7 +11,7 @@ Two families, mixed at random so models don't learn one template:
 
 Either family's top edge lies on the nose; ``p_below_nose`` of the masks are worn
 below it instead (top edge between the nostrils and the upper lip, nose bare), as
-people wear them often and the training masks never were.
+people often wear them.
 
 Every call returns the masked image and the binary occlusion map; it is
 deterministic for a given ``numpy.random.Generator`` state.

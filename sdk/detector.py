@@ -16,6 +16,7 @@ Coordinates are continuous frame pixels (pixel centres at integer coordinates, a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import cv2
@@ -180,6 +181,11 @@ class FaceDetector:
     def _run(self, name: str, x: np.ndarray) -> list[np.ndarray]:
         return self._session(name).run(None, {"input": x})
 
+    @cached_property
+    def _lnet_side(self) -> int:
+        """The landmark stage's crop side, as its file declares (64 for the packaged one)."""
+        return int(self._session("lnet").get_inputs()[0].shape[2])
+
     # -- stages ------------------------------------------------------------------------------
     def _scales(self, h: int, w: int) -> list[float]:
         scale, side, out = 12.0 / self.min_face, min(h, w) * 12.0 / self.min_face, []
@@ -258,8 +264,7 @@ class FaceDetector:
         fractions of the box in edge coordinates, hence the half pixel.
         """
         sq = _square(boxes)
-        side = self._session("lnet").get_inputs()[0].shape[2]  # the file says its input size
-        crops = np.concatenate([crop_resize(rgb, b[None], side) for rgb, b in zip(rgbs, sq)])
+        crops = np.concatenate([crop_resize(rgb, b[None], self._lnet_side) for rgb, b in zip(rgbs, sq)])
         both = self._run("lnet", to_net_input(np.concatenate([crops, crops[:, :, ::-1]])))[0]
         f, fm = np.split(both.reshape(-1, 2, 5).transpose(0, 2, 1), 2)
         f = (f + np.stack([1 - fm[:, MIRROR, 0], fm[:, MIRROR, 1]], 2)) / 2

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import defaultdict
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -64,25 +66,21 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     folds = LFW(a.lfw).people_folds()
     train_people, test_people = set(sum(folds[:5], [])), set(sum(folds[5:], []))
-    parts: dict = {}  # (masked, grey) -> split -> features, one array per cache
-    n_rows = {"train": 0, "test": 0}
+    parts = defaultdict(list)  # (masked, grey, split) -> features, one array per cache
     caches = a.cache or [str(lfw_cache_path())]
     for cache in caches:
         with np.load(cache, allow_pickle=False) as z:
             person = np.array([Path(s).parent.name for s in z["path"]])
-            rows = {"train": np.flatnonzero(np.isin(person, list(train_people))),
-                    "test": np.flatnonzero(np.isin(person, list(test_people)))}
-            for split, r in rows.items():
-                n_rows[split] += len(r)
+            rows = {split: np.flatnonzero(np.isin(person, list(people)))
+                    for split, people in (("train", train_people), ("test", test_people))}
             for masked, key in ((0, "img112"), (1, "img112_masked")):
                 arr = z[key]
-                for grey in (False, True):
-                    for split, r in rows.items():
-                        if len(r):  # a cache may hold training people only
-                            parts.setdefault((masked, grey), {}).setdefault(split, []).append(
-                                features(arr[r], grey=grey))
+                for (split, r), grey in product(rows.items(), (False, True)):
+                    if len(r):  # a cache may hold training people only
+                        parts[masked, grey, split].append(features(arr[r], grey=grey))
                 del arr
-    feats = {k: {split: np.concatenate(v) for split, v in d.items()} for k, d in parts.items()}
+    feats = {(m, g): {s: np.concatenate(parts[m, g, s]) for s in ("train", "test")}
+             for m, g in product((0, 1), (False, True))}
     x = np.concatenate([f["train"] for f in feats.values()])
     y = np.concatenate([np.full(len(f["train"]), m, float) for (m, _), f in feats.items()])
     mean, std = x.mean(0, dtype=np.float64).round(6), (x.std(0, dtype=np.float64) + 1e-6).round(6)  # as stored
@@ -94,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     test = {f"test_accuracy_{'masked' if m else 'unmasked'}{'_grey' if g else ''}": accuracy(f["test"], m)
             for (m, g), f in feats.items()}
     info = {"train_accuracy": accuracy(x, y), "test_accuracy": float(np.mean(list(test.values()))), **test,
-            "n_train_images": n_rows["train"], "n_test_images": n_rows["test"],
+            "n_train_images": len(feats[0, False]["train"]), "n_test_images": len(feats[0, False]["test"]),
             "data": f"LFW aligned-face caches ({', '.join(Path(c).name for c in caches)}), synthetic masks, each crop "
                     "also in grey; train people.txt folds 1-5, test folds 6-10"}
     out = {"mean": mean.tolist(), "std": std.tolist(), "layers": layers, "threshold": clf.threshold, **info}

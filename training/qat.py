@@ -147,8 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     from maskfr.export.onnx_export import export_onnx, load_student
     from maskfr.training import cache as fc
     from maskfr.training.data import LFW, celeba
-    from maskfr.training.masks import MaskSynth
-    from maskfr.training.train import STAGES, MaskedFaces, build_trainset, load_config
+    from maskfr.training.train import STAGES, MaskedFaces, build_trainset, load_config, mask_synth
 
     ap = argparse.ArgumentParser(description="Quantization-aware fine-tuning of a trained student (see module doc)")
     ap.add_argument("model", help="the student: exported .onnx (its metadata carries over) or checkpoint")
@@ -169,8 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     lfw_cache = fc.load(fc.build(LFW(lfw_root).samples(), fc.lfw_cache_path(), a.masks))
     cel = fc.load(fc.build(celeba(a.celeba), fc.CACHE_ROOT / "celeba.npz", a.masks)) if a.celeba else None
     data = build_trainset(cfg, lfw_cache, cel, lfw_root, fc.CACHE_ROOT)  # never the test folds' people
-    synth = MaskSynth(a.masks, cfg.get("p_template", 0.5), cfg.get("p_below_nose", 0.0))
-    ds = MaskedFaces(data, synth, cfg["p_mask"], cfg["seed"],
+    ds = MaskedFaces(data, mask_synth(cfg, a.masks), cfg["p_mask"], cfg["seed"],
                      stage=len(STAGES),  # masks of their own, not any training stage's
                      jitter=cfg.get("align_jitter"), degrade=cfg.get("degrade"))
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg["batch_size"], shuffle=True, drop_last=True,

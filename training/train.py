@@ -446,6 +446,11 @@ def save_inpaint_grid(student: G2DStudent, decoder: Decoder, masked: np.ndarray,
     cv2.imwrite(str(path), cv2.cvtColor(np.vstack(rows), cv2.COLOR_RGB2BGR))
 
 
+def mask_synth(cfg: dict, masks_root: str | Path | None) -> MaskSynth:
+    """The masks a config trains with (configs older than a key get its default)."""
+    return MaskSynth(masks_root, cfg.get("p_template", 0.5), cfg.get("p_below_nose", 0.0))
+
+
 def train_from_args(a) -> int:
     """Entry point of ``maskfr train`` (argument parsing lives in the CLI)."""
     import ast
@@ -469,7 +474,7 @@ def train_from_args(a) -> int:
     cel = fc.load(fc.build(celeba(a.celeba), fc.CACHE_ROOT / "celeba.npz", a.masks)) if a.celeba else None
     data = build_trainset(cfg, lfw_cache, cel, lfw_root, fc.CACHE_ROOT)
     print(f"training faces: {len(data.labels)}, identities: {data.n_classes}")
-    trainer = Trainer(cfg, data, MaskSynth(a.masks, p_template, cfg.get("p_below_nose", 0.0)), run)
+    trainer = Trainer(cfg, data, mask_synth(cfg, a.masks), run)
     final = trainer.fit()
     print(f"checkpoint: {final}")
     trainer.student.cpu()  # evaluation below runs on the CPU

@@ -21,9 +21,9 @@ def cmd_mask(a: argparse.Namespace) -> int:
 
 
 # MaskSynth's settings for each --mask-style: the share of MaskTheFace template masks (the rest are procedural
-# shapes and fills) and of masks worn below the nose
+# shapes and fills), of masks worn below the nose, and of scarves, gaiters and bandanas instead of masks
 MASK_STYLES = {"mixed": {"p_template": 0.5}, "template": {"p_template": 1.0}, "procedural": {"p_template": 0.0},
-               "below-nose": {"p_template": 0.5, "p_below_nose": 1.0}}
+               "below-nose": {"p_template": 0.5, "p_below_nose": 1.0}, "scarf": {"p_template": 0.0, "p_scarf": 1.0}}
 
 
 def cmd_eval(a: argparse.Namespace) -> int:

@@ -68,6 +68,22 @@ def test_masks_worn_below_the_nose(p_template):
             _check_below_nose(synth(img, lm, np.random.default_rng(seed))[1], lm, bool(p_template))
 
 
+def test_scarves_hide_the_face_outline_too():
+    """Scarves cover what masks do and also the jaw line and the neck below the chin, never the eyes."""
+    synth = MaskSynth(None, p_scarf=1.0)
+    for angle in (0.0, 0.25, -0.3):
+        lm = face_landmarks(angle=angle)
+        img = draw_face(lm)
+        for seed in range(12):
+            occ = synth(img, lm, np.random.default_rng(seed))[1]
+            _check_coverage(occ, lm)
+            below_chin = lm[8] + 0.3 * (lm[8] - lm[57])
+            for p in np.vstack([lm[[6, 7, 8, 9, 10]], below_chin[None]]):  # the jaw around the chin, the neck
+                assert occ[int(round(p[1])), int(round(p[0]))], f"point {p} not covered"
+    assert MaskSynth(None, p_scarf=0.0)(img, lm, np.random.default_rng(3))[0].tobytes() == \
+        MaskSynth(None)(img, lm, np.random.default_rng(3))[0].tobytes()  # no draw when off: old masks unchanged
+
+
 def test_deterministic_under_seed_and_varied_across_seeds():
     synth = MaskSynth(None)
     lm = face_landmarks()

@@ -102,10 +102,10 @@ def process_one(path: str, index: int, synth, upsample: int = 1) -> dict:
 _SYNTH = None
 
 
-def _init(masks_root, p_template, p_below_nose):
+def _init(masks_root, mask_kw):
     global _SYNTH
     from maskfr.training.masks import MaskSynth
-    _SYNTH = MaskSynth(masks_root, p_template, p_below_nose)
+    _SYNTH = MaskSynth(masks_root, **mask_kw)
 
 
 def _work(args):
@@ -113,28 +113,27 @@ def _work(args):
     return process_one(path, index, _SYNTH)
 
 
-def cache_key(samples: list[Sample], masks_root, p_template: float = 0.5, p_below_nose: float = 0.0) -> str:
+def cache_key(samples: list[Sample], masks_root, mask_kw: dict) -> str:
     h = hashlib.sha1(json.dumps([[s.path, s.identity] for s in samples]
-                                + [str(masks_root), p_template, p_below_nose, 3]).encode())
+                                + [str(masks_root), sorted(mask_kw.items()), 4]).encode())
     return h.hexdigest()[:12]
 
 
 def build(samples: list[Sample], out: str | Path, masks_root: str | Path | None, workers: int = 2,
-          p_template: float = 0.5, p_below_nose: float = 0.0) -> Path:
+          **mask_kw: float) -> Path:
     """Build (or resume) the cache for these samples at ``out`` (.npz); returns its path.
 
-    ``p_template``: share of MaskTheFace template masks (the rest procedural), ``p_below_nose``: of masks worn
-    below the nose, see :class:`MaskSynth`.
+    ``mask_kw``: :class:`MaskSynth`'s shares of mask kinds (``p_template``, ``p_below_nose``, ``p_scarf``).
     """
     from tqdm import tqdm
     out = Path(out)
     if out.exists():
         return out
-    parts = out.with_suffix(f".parts-{cache_key(samples, masks_root, p_template, p_below_nose)}")
+    parts = out.with_suffix(f".parts-{cache_key(samples, masks_root, mask_kw)}")
     parts.mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(0, len(samples), CHUNK) if not (parts / f"{i:07d}.npz").exists()]
     ctx = mp.get_context("fork")
-    with ctx.Pool(workers, initializer=_init, initargs=(masks_root, p_template, p_below_nose)) as pool, \
+    with ctx.Pool(workers, initializer=_init, initargs=(masks_root, mask_kw)) as pool, \
             tqdm(total=len(samples), initial=len(samples) - sum(min(CHUNK, len(samples) - i) for i in todo),
                  desc=f"cache {out.name}", unit="img") as bar:
         for start in todo:

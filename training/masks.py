@@ -11,7 +11,9 @@ Two families, mixed at random so models don't learn one template:
 
 Either family's top edge lies on the nose; ``p_below_nose`` of the masks are worn
 below it instead (top edge between the nostrils and the upper lip, nose bare), as
-people often wear them.
+people often wear them. ``p_scarf`` of the occluders are a third kind: scarves,
+neck gaiters and bandanas, cloth from the nose down past the chin and out past the
+jaw, so that, unlike a mask, they hide the face's outline too.
 
 Every call returns the masked image and the binary occlusion map; it is
 deterministic for a given ``numpy.random.Generator`` state.
@@ -110,7 +112,8 @@ def _blend(img: np.ndarray, rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 class MaskSynth:
     """Random mask painter. ``masks_root`` adds MaskTheFace templates and textures."""
 
-    def __init__(self, masks_root: str | Path | None = None, p_template: float = 0.5, p_below_nose: float = 0.0):
+    def __init__(self, masks_root: str | Path | None = None, p_template: float = 0.5, p_below_nose: float = 0.0,
+                 p_scarf: float = 0.0):
         self.templates = load_templates(masks_root) if masks_root else []
         self.textures = load_textures(masks_root) if masks_root else []
         if masks_root and p_template > 0 and not self.templates:  # not procedural-only in silence
@@ -118,11 +121,15 @@ class MaskSynth:
                              "give the masks folder, or p_template=0 for procedural masks only")
         self.p_template = p_template if self.templates else 0.0
         self.p_below_nose = p_below_nose
+        self.p_scarf = p_scarf
 
     def __call__(self, img: np.ndarray, lm68: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Masked copy of an RGB uint8 image and its occlusion map (bool HxW)."""
         lm = np.asarray(lm68, np.float32)
         # no draw when 0: the masks of every seeded cache and benchmark stay what they were
+        if self.p_scarf > 0 and rng.random() < self.p_scarf:
+            rgb, alpha = self._scarf(img.shape[:2], lm, rng)
+            return _blend(img, rgb * rng.uniform(0.7, 1.1), alpha), alpha > 0.5
         low = self.p_below_nose > 0 and rng.random() < self.p_below_nose
         if rng.random() < self.p_template:
             rgb, alpha = self._template(img.shape[:2], lm, rng, low)
@@ -236,6 +243,38 @@ class MaskSynth:
             rgb = np.where(strap[..., None] > alpha[..., None], np.array(col, np.float32), rgb)
             alpha = np.maximum(alpha, strap)
         return rgb, alpha
+
+    # -- scarves, neck gaiters, bandanas -----------------------------------------------------
+    def _scarf(self, shape, lm, rng):
+        h, w = shape
+        a, b, c, d, e, f = face_anchors(lm)
+        width = np.linalg.norm(c - a)
+        down = (e - b) / (np.linalg.norm(e - b) + 1e-9)
+        across = np.array([-down[1], down[0]], np.float32)
+        across = across if np.dot(across, c - a) > 0 else -across
+        top = lm[28] + (lm[30] - lm[28]) * rng.uniform(0.0, 0.9)  # resting on the nose
+        drop = np.linalg.norm(e - top)  # nose to chin
+        # the top edge falls from the nose to the sides, which reach past the face's outline
+        sides = [top + s * across * width * rng.uniform(0.6, 0.95) + down * width * rng.uniform(0.05, 0.3)
+                 for s in (-1, 1)]
+        lift = top - down * width * rng.uniform(0.0, 0.05)
+        t = np.linspace(0, 1, 12)[:, None]
+        edge = (1 - t) ** 2 * sides[0] + 2 * t * (1 - t) * lift + t ** 2 * sides[1]  # a quadratic Bezier curve
+        if rng.random() < 0.5:  # a gaiter or scarf: a band down to the neck and below
+            bottom = [s + down * drop * rng.uniform(1.5, 2.5) + across * k * width * rng.uniform(-0.05, 0.3)
+                      for s, k in zip(sides, (-1, 1))]
+            poly = np.vstack([edge, bottom[1], bottom[0]])
+        else:  # a bandana: a triangle with its point below the chin
+            tip = e + down * drop * rng.uniform(0.4, 1.2) + across * rng.normal(0, 0.1) * width
+            poly = np.vstack([edge, tip])
+        alpha = np.zeros((h, w), np.float32)
+        cv2.fillPoly(alpha, [np.round(poly * 16).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=4)
+        # knitted or folded cloth: soft bands across it, and a shading gradient
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        along = ((xx - top[0]) * down[0] + (yy - top[1]) * down[1]) / (width + 1e-6)
+        g = 1 + rng.uniform(0, 0.2) * np.sin(2 * np.pi * along / rng.uniform(0.1, 0.35) + rng.uniform(0, 2 * np.pi)) \
+            + rng.uniform(-0.15, 0.15) * ((xx - top[0]) * across[0] + (yy - top[1]) * across[1]) / (width + 1e-6)
+        return self._fill((h, w), rng) * g[..., None], alpha
 
 
 def mask_image(img: np.ndarray, lm68: np.ndarray, synth: MaskSynth, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ config = dict(
     p_mask=0.75,  # share of training samples that get a fresh synthetic mask
     p_template=0.5,  # share of those masks drawn from MaskTheFace templates (needs --masks), the rest procedural
     p_below_nose=0.0,  # share of them worn below the nose (nose bare)
+    p_scarf=0.0,  # share of the occluders that are scarves, gaiters or bandanas instead of masks
     generative_pretraining=True,  # False = the paper's ablation (no inpainting stage)
     center_teacher=True,  # centre dlib's narrow cone of embeddings (student and targets alike)
     # small rates + warm-up: the student starts as (centred) dlib, and big early steps only undo that

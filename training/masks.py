@@ -246,6 +246,7 @@ class MaskSynth:
 
     # -- scarves, neck gaiters, bandanas -----------------------------------------------------
     def _scarf(self, shape, lm, rng):
+        """Cloth over the nose, past the jaw and below the chin: hides the outline LNet places hidden points from."""
         h, w = shape
         a, b, c, d, e, f = face_anchors(lm)
         width = np.linalg.norm(c - a)

@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--faces-only", action="store_true", help="only the landmark stage's face crops (lnet)")
     p.add_argument("--face-side", type=int, default=FACE_SIDE, help="their side in pixels (1.5x the LNet input)")
     p.add_argument("--below-nose", type=float, default=0.0, help="share of the masks worn below the nose")
-    p.add_argument("--scarf", type=float, default=0.0, help="share of the occluders that are scarves, gaiters, bandanas")
+    p.add_argument("--scarf", type=float, default=0.0, help="share of the occluders that are scarves")
     f = sub.add_parser("finetune", help="fine-tune, then export to OUT/mtcnn_*.onnx")
     f.add_argument("--nets", default="pnet,rnet,onet")
     f.add_argument("--epochs", default="3,5,4", help="one count, or one per net in --nets")

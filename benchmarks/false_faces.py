@@ -36,13 +36,11 @@ def _bgr640(img: np.ndarray) -> np.ndarray:
 
 def pictures(masks_root: Path | None) -> list[tuple[str, np.ndarray]]:
     import skimage.data
-    out = [(name, _bgr640(getattr(skimage.data, name)())) for name in SKIMAGE_PICTURES]
-    if masks_root:
-        for p in sorted((masks_root / "textures").rglob("*")):
-            img = cv2.imread(str(p), cv2.IMREAD_COLOR) if p.suffix.lower() in (".png", ".jpg", ".jpeg") else None
-            if img is not None:
-                out.append((p.name, _bgr640(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))))
-    return out
+
+    from maskfr.training.masks import load_textures
+    textures = load_textures(masks_root) if masks_root else []
+    return [(name, _bgr640(getattr(skimage.data, name)())) for name in SKIMAGE_PICTURES] + \
+        [(f"texture {i}", _bgr640(t)) for i, t in enumerate(textures)]
 
 
 def main() -> None:

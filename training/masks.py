@@ -112,6 +112,8 @@ def _blend(img: np.ndarray, rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 class MaskSynth:
     """Random mask painter. ``masks_root`` adds MaskTheFace templates and textures."""
 
+    SHARES = ("p_template", "p_below_nose", "p_scarf")  # the keyword arguments a config or --mask-style may set
+
     def __init__(self, masks_root: str | Path | None = None, p_template: float = 0.5, p_below_nose: float = 0.0,
                  p_scarf: float = 0.0):
         self.templates = load_templates(masks_root) if masks_root else []
@@ -129,12 +131,10 @@ class MaskSynth:
         # no draw when 0: the masks of every seeded cache and benchmark stay what they were
         if self.p_scarf > 0 and rng.random() < self.p_scarf:
             rgb, alpha = self._scarf(img.shape[:2], lm, rng)
-            return _blend(img, rgb * rng.uniform(0.7, 1.1), alpha), alpha > 0.5
-        low = self.p_below_nose > 0 and rng.random() < self.p_below_nose
-        if rng.random() < self.p_template:
-            rgb, alpha = self._template(img.shape[:2], lm, rng, low)
         else:
-            rgb, alpha = self._procedural(img.shape[:2], lm, rng, low)
+            low = self.p_below_nose > 0 and rng.random() < self.p_below_nose
+            family = self._template if rng.random() < self.p_template else self._procedural
+            rgb, alpha = family(img.shape[:2], lm, rng, low)
         # global brightness of the mask follows a random light level, as real photos do
         rgb = rgb * rng.uniform(0.7, 1.1)
         return _blend(img, rgb, alpha), alpha > 0.5

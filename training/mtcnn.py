@@ -279,14 +279,14 @@ def _landmark_faces(rgb, faces: list[tuple], side: int = FACE_SIDE) -> dict:
 
 def prepare(paths: list[str], out_dir: str | Path, masks_root: str | Path, seed: int = 0,
             part: int = 0, parts: int = 1, masked_copies: int = 3, degrade: float = 0.0,
-            faces_only: bool = False, face_side: int = FACE_SIDE, below_nose: float = 0.0, scarf: float = 0.0) -> Path:
+            faces_only: bool = False, face_side: int = FACE_SIDE, **mask_kw: float) -> Path:
     """Labelled crops from these images, unmasked and ``masked_copies`` times freshly masked, in
     resumable chunks under ``out_dir``; process ``part`` of ``parts`` does every ``parts``-th chunk,
     so several can run at once. A ``degrade`` share of the copies pass through :data:`CAMERA`'s
     degradations after masking; boxes and points stay those of the sharp unmasked image.
     ``faces_only``: only the landmark stage's face crops (:func:`_landmark_faces`, ``face_side`` pixels a
-    side: ``FACE_PAD`` times the input of the LNet to train), not P/R/O-Net's. ``below_nose``: share of the masks
-    worn below the nose, ``scarf``: of the occluders that are scarves (:class:`MaskSynth`)."""
+    side: ``FACE_PAD`` times the input of the LNet to train), not P/R/O-Net's. ``mask_kw``: :class:`MaskSynth`'s
+    shares of mask kinds (``p_below_nose``, ``p_scarf``)."""
     import cv2
     import numpy as np
     from tqdm import tqdm
@@ -298,7 +298,7 @@ def prepare(paths: list[str], out_dir: str | Path, masks_root: str | Path, seed:
     out_dir.mkdir(parents=True, exist_ok=True)
     teacher = FaceDetector(models_dir=CACHE / "orig", backend="cpu", pnet_threshold=0.5, score_threshold=0.7,
                            threads=1)
-    synth = MaskSynth(masks_root, p_below_nose=below_nose, p_scarf=scarf)
+    synth = MaskSynth(masks_root, **mask_kw)
     for start in tqdm(range(part * CHUNK, len(paths), parts * CHUNK), desc="mtcnn data", unit="chunk"):
         dst = out_dir / f"{start:07d}.npz"
         if dst.exists():
@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None) -> None:
         k, _, n = a.part.partition("/")
         prepare(training_paths(a.lfw, a.celeba, a.n_lfw, a.n_celeba), a.data, a.masks, part=int(k), parts=int(n),
                 masked_copies=a.masked_copies, degrade=a.degrade, faces_only=a.faces_only,
-                face_side=a.face_side, below_nose=a.below_nose, scarf=a.scarf)
+                face_side=a.face_side, p_below_nose=a.below_nose, p_scarf=a.scarf)
     else:
         nets = {n: from_onnx(Path(a.init) / f"mtcnn_{n}.onnx", n) for n in NETS}
         names = a.nets.split(",")

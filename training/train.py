@@ -448,7 +448,7 @@ def save_inpaint_grid(student: G2DStudent, decoder: Decoder, masked: np.ndarray,
 
 def mask_synth(cfg: dict, masks_root: str | Path | None) -> MaskSynth:
     """The masks a config trains with (configs older than a key get its default)."""
-    return MaskSynth(masks_root, cfg.get("p_template", 0.5), cfg.get("p_below_nose", 0.0), cfg.get("p_scarf", 0.0))
+    return MaskSynth(masks_root, **{k: cfg[k] for k in MaskSynth.SHARES if k in cfg})
 
 
 def train_from_args(a) -> int:

@@ -32,10 +32,23 @@ def cmd_export(a: argparse.Namespace) -> int:
     from maskfr.export.golden import write_golden
     from maskfr.export.onnx_export import export_onnx
 
+    bad = [kv for kv in a.meta if "=" not in kv]
+    if bad:  # dict()'s own message would not name the option or the entry
+        raise ValueError(f"--meta takes KEY=VALUE entries, got {bad[0]!r}")
     meta = dict(kv.split("=", 1) for kv in a.meta)
     if a.thresholds:
         text = Path(a.thresholds).read_text() if Path(a.thresholds).exists() else a.thresholds
-        meta["recommended_thresholds"] = json.dumps(json.loads(text))  # validated, one line
+        try:
+            thresholds = json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"--thresholds {a.thresholds!r}: neither a JSON file nor JSON text ({e})") from None
+        # the runtime reads a {"far=1e-3": 0.57, ...} object (as 'maskfr thresholds' writes); anything else
+        # would make a model whose default threshold cannot be read
+        if not isinstance(thresholds, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in thresholds.values()):
+            raise ValueError(f"--thresholds: expected a JSON object of numbers such as {{\"far=1e-3\": 0.57}}, "
+                             f"got {text.strip()[:100]!r}")
+        meta["recommended_thresholds"] = json.dumps(thresholds)  # validated, one line
     rep = export_onnx(a.ckpt, a.output, opset=a.opset, metadata=meta, simplify=not a.no_slim, verbose=not a.json)
     if a.golden:
         from maskfr.export.golden import public_faces
@@ -48,10 +61,14 @@ def cmd_export(a: argparse.Namespace) -> int:
 def cmd_quantize(a: argparse.Namespace) -> int:
     import numpy as np
 
+    from maskfr.export.onnx_export import check_student_io
     from maskfr.export.quantize import folder_faces, qdq_summary, to_fp16, to_int8
 
     if not (a.fp16 or a.int8):
         raise ValueError("nothing to do: pass --fp16 and/or --int8")
+    check_student_io(a.model)  # a clear error for a non-ONNX file or another model, not ORT's traceback
+    if a.calib and not Path(a.calib).exists():  # else reported as a missing default cache
+        raise FileNotFoundError(f"--calib {a.calib}: no such folder or file")
     src = Path(a.model)
     out = {}
     if a.fp16:
@@ -60,9 +77,13 @@ def cmd_quantize(a: argparse.Namespace) -> int:
         if a.calib and Path(a.calib).is_dir():
             faces, out["calibration_skipped"] = folder_faces(a.calib, a.n, drawn_masks=a.drawn_masks)
         elif a.calib and a.calib.endswith(".npy"):
-            faces = np.load(a.calib)
+            faces = np.load(a.calib)[:a.n]  # -n applies to every source
         else:
             faces = _faces(a.calib, a.lfw, a.folds, a.n)
+        if faces.ndim != 4 or faces.shape[1:] != (112, 112, 3) or faces.dtype != np.uint8 or not len(faces):
+            # else ONNX Runtime's shape error (a traceback) or "No data is collected."
+            raise ValueError(f"--calib {a.calib}: expected aligned RGB uint8 crops (N, 112, 112, 3), N >= 1, "
+                             f"got {faces.dtype} {faces.shape}")
         dst = src.with_suffix(".int8.onnx" if a.target == "tensorrt" else ".int8-cpu.onnx")
         out["int8"] = str(to_int8(src, dst, faces, target=a.target, method=a.method))
         out["int8_qdq"] = qdq_summary(dst)
@@ -79,7 +100,10 @@ def cmd_quantize(a: argparse.Namespace) -> int:
 def cmd_build_engine(a: argparse.Namespace) -> int:
     from maskfr.export.engine import build_engine
 
-    batch = [int(b) for b in a.batch.split(":")]
+    try:  # int()'s own message would not name the option
+        batch = [int(b) for b in a.batch.split(":")]
+    except ValueError:
+        batch = []
     if len(batch) != 3:
         raise ValueError(f"--batch takes MIN:OPT:MAX, got {a.batch!r}")
     side = build_engine(a.model, a.output, precision=a.precision, batch=batch, workspace_mb=a.workspace,
@@ -117,7 +141,8 @@ def add_export_commands(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser("quantize", help="FP16 and/or INT8 QDQ variants of an exported model")
     q.add_argument("model")
     q.add_argument("--fp16", action="store_true", help="write MODEL.fp16.onnx (float32 IO)")
-    q.add_argument("--int8", action="store_true", help="write MODEL.int8.onnx (QDQ, calibrated)")
+    q.add_argument("--int8", action="store_true", help="write MODEL.int8.onnx (QDQ, calibrated; "
+                   "MODEL.int8-cpu.onnx with --target cpu)")
     q.add_argument("--target", choices=["tensorrt", "cpu"], default="tensorrt",
                    help="INT8 flavour: tensorrt (S8S8 symmetric) or cpu (U8S8, faster on AVX2 CPUs)")
     q.add_argument("--calib", help="a folder of your images (faces found and aligned as the runtime does; "

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from maskfr.export.onnx_export import INPUT_NAME, INPUT_SIZE, read_metadata, sha256
+from maskfr.export.onnx_export import INPUT_NAME, INPUT_SIZE, check_student_io, read_metadata, sha256
 
 FLAVOURS = ("tensorrt", "tensorrt_rtx")
 PRECISIONS = ("fp32", "fp16", "int8", "best")
@@ -154,12 +154,21 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
     lo, opt, hi = (int(b) for b in batch)
     if not 1 <= lo <= opt <= hi:
         raise ValueError(f"batch profile must satisfy 1 <= min <= opt <= max, got {lo}:{opt}:{hi}")
-    trt = import_trt(flavour)
-    name = flavour_of(trt)
     onnx_path = os.fspath(onnx_path)
     stem = Path(onnx_path).with_suffix("")
     engine_path = Path(engine_path or (f"{stem}.engine" if stem.suffix == f".{precision}" else f"{stem}.{precision}.engine"))
+    check_student_io(onnx_path)  # a non-ONNX file or another model: say so, not TensorRT's parse/build failure
+    if engine_path.exists() and engine_path.resolve() == Path(onnx_path).resolve():
+        raise ValueError(f"the engine path {engine_path} is the ONNX model itself; choose another -o")
     have = onnx_precision(onnx_path)
+    if have == "int8":  # the --target cpu flavour (uint8, asymmetric) fails deep in TensorRT's ONNX parser
+        from maskfr.export.quantize import qdq_summary
+        q = qdq_summary(onnx_path)
+        if q["uint8"] or q["nonzero_zero_point"]:
+            raise ValueError(f"{onnx_path} is the CPU INT8 flavour (uint8 / asymmetric QDQ), which TensorRT rejects; "
+                             "quantize for TensorRT instead: maskfr quantize MODEL.onnx --int8 --target tensorrt")
+    trt = import_trt(flavour)
+    name = flavour_of(trt)
     strongly_typed = name == "tensorrt_rtx" or have != "fp32" or precision == "fp32"
     if strongly_typed and precision != have and not (precision == "best" and have != "fp32"):
         fix = {"fp16": f"the FP16 ONNX (maskfr quantize {onnx_path} --fp16)",
@@ -214,8 +223,6 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
     build_s = time.perf_counter() - t0
     if timing_cache and cache is not None:
         Path(timing_cache).write_bytes(memoryview(config.get_timing_cache().serialize()))
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    engine_path.write_bytes(memoryview(plan))
     target_sm = sm if sm is not None else gpu["sm"]
     side = {
         "flavour": name, "tensorrt_version": trt.__version__,
@@ -230,7 +237,16 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
         "build_seconds": round(build_s, 2), "engine_bytes": int(plan.nbytes),
         "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    sidecar_path(engine_path).write_text(json.dumps(side, indent=1))
+    # Written then renamed, the old sidecar removed first: load_engine trusts the pair, so a new engine must
+    # never sit next to the sidecar of an earlier build, nor a half-written engine next to a valid sidecar.
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    side_file = sidecar_path(engine_path)
+    tmp_engine, tmp_side = Path(f"{engine_path}.tmp-{os.getpid()}"), Path(f"{side_file}.tmp-{os.getpid()}")
+    tmp_engine.write_bytes(memoryview(plan))
+    tmp_side.write_text(json.dumps(side, indent=1))
+    side_file.unlink(missing_ok=True)
+    os.replace(tmp_engine, engine_path)
+    os.replace(tmp_side, side_file)
     side["engine"] = str(engine_path)
     return side
 
@@ -289,7 +305,11 @@ def check_sidecar(engine_path: str | os.PathLike, onnx_path: str | os.PathLike |
     if not side_file.exists():
         raise EngineMismatch(f"{engine_path}: no sidecar {side_file.name}; rebuild the engine with "
                              "'maskfr build-engine MODEL.onnx ...' so its target is recorded")
-    side = json.loads(side_file.read_text())
+    try:
+        side = json.loads(side_file.read_text())
+    except ValueError as e:
+        raise EngineMismatch(f"{engine_path}: its sidecar {side_file.name} is damaged ({e}); rebuild the engine "
+                             "with 'maskfr build-engine MODEL.onnx ...'") from None
     problems = []
     if trt is not None and (flavour_of(trt), trt.__version__) != (side["flavour"], side["tensorrt_version"]):
         problems.append(f"built with {side['flavour']} {side['tensorrt_version']}, "

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import pickle
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -60,12 +60,18 @@ def load_student(model_or_ckpt: "nn.Module | str | os.PathLike") -> tuple["nn.Mo
     path = Path(model_or_ckpt)
     if path.suffix == ".onnx":
         return _student_from_onnx(path), {"checkpoint": path.name, "metadata": read_metadata(path)}
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
+    try:  # a damaged, truncated or foreign file otherwise ends in torch's unpickler traceback
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise ValueError(f"{path}: not a maskfr checkpoint, or damaged ({str(e).splitlines()[0][:200]})") from e
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise ValueError(f"{path}: not a maskfr checkpoint (expected a dict with a 'model' state_dict)")
     model = create_student(pretrained=False)
     state = {k: v for k, v in ckpt["model"].items() if not k.startswith(("decoder.", "head."))}
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # missing/unexpected keys or shapes: another architecture
+        raise ValueError(f"{path}: not a maskfr student checkpoint ({' '.join(str(e).split())[:300]})") from e
     info = {"checkpoint": path.name, "config": ckpt.get("config", {}), "git_rev": ckpt.get("git_rev", ""),
             "stage": ckpt.get("stage", "")}
     return model.eval(), info
@@ -83,13 +89,12 @@ def _student_from_onnx(path: Path) -> "nn.Module":
     biases and the final linear layer, which the exporter stores unnamed, map through their node's scope.
     A first conv that :func:`fold_input_affine` folded is unfolded again (the input normalisation is fixed),
     so the weights come back in the parametrisation training uses."""
-    import onnx
     import torch
     from onnx import numpy_helper
 
     from maskfr.training.models import create_student
 
-    proto = onnx.load(os.fspath(path))
+    proto = load_onnx(path, load_external_data=True)
     arrays = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
     state = {k: v for k, v in arrays.items() if not k.startswith("onnx::")}
     for node in proto.graph.node:
@@ -145,11 +150,40 @@ def default_metadata(info: dict[str, Any] | None = None) -> dict[str, str]:
     }
 
 
+def load_onnx(path: str | os.PathLike, load_external_data: bool = False) -> Any:
+    """``onnx.load`` with a clear ``ValueError`` for a file that is not ONNX or is truncated (protobuf's
+    DecodeError otherwise reaches the user as a traceback)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        return onnx.load(os.fspath(path), load_external_data=load_external_data)
+    except DecodeError as e:
+        raise ValueError(f"{path}: not an ONNX model, or truncated ({e})") from None
+
+
+def check_student_io(path: str | os.PathLike) -> Any:
+    """The ONNX model at ``path`` if it has the student's IO (``input`` (N,3,112,112) -> ``embedding`` (N,D)),
+    else a ``ValueError`` naming what it has: quantization, engines and Triton configs assume that IO, and
+    another model otherwise fails deep inside ONNX Runtime or TensorRT."""
+    proto = load_onnx(path)
+    inits = {i.name for i in proto.graph.initializer}
+
+    def io(values: Any) -> list[tuple[str, list]]:
+        return [(v.name, [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim])
+                for v in values if v.name not in inits]
+
+    ins, outs = io(proto.graph.input), io(proto.graph.output)
+    if [n for n, _ in ins] != [INPUT_NAME] or [n for n, _ in outs] != [OUTPUT_NAME] \
+            or ins[0][1][1:] != [3, INPUT_SIZE, INPUT_SIZE] or len(outs[0][1]) != 2:
+        raise ValueError(f"{path}: not a maskfr face embedder: expected {INPUT_NAME!r} (N, 3, {INPUT_SIZE}, "
+                         f"{INPUT_SIZE}) -> {OUTPUT_NAME!r} (N, D), got {ins} -> {outs}")
+    return proto
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The ``maskfr.*`` metadata of an ONNX file, prefix stripped."""
-    import onnx
-
-    proto = onnx.load(os.fspath(path), load_external_data=False)
+    proto = load_onnx(path)
     return {p.key[len(META_PREFIX):]: p.value for p in proto.metadata_props if p.key.startswith(META_PREFIX)}
 
 
@@ -275,14 +309,18 @@ def _slim(path: str, faces: np.ndarray, min_cosine: float, verbose: bool) -> dic
 
     before = ort_embed(path, faces)
     slim = onnxslim.slim(onnx.load(path))
-    with tempfile.TemporaryDirectory() as tmp:
-        cand = os.path.join(tmp, "slim.onnx")
+    # next to ``path``, not in /tmp: os.replace cannot cross filesystems (a tmpfs /tmp)
+    cand = f"{path}.slim"
+    try:
         onnx.save(slim, cand)
         onnx.checker.check_model(cand)
         rep = compare(before, ort_embed(cand, faces), min_cosine, ref_name="onnx", out_name="onnxslim",
                       verbose=verbose)
         if rep["passed"]:
             os.replace(cand, path)
+    finally:
+        if os.path.exists(cand):
+            os.unlink(cand)
     return {"kept": rep["passed"], "min_cosine": rep["min_cosine"]}
 
 
@@ -349,31 +387,39 @@ def export_onnx(model_or_ckpt: "nn.Module | str | os.PathLike", path: str | os.P
     import onnx
 
     model, info = load_student(model_or_ckpt)
-    path = os.fspath(path)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    _torch_export(model, path, opset)
-    source = "given"
-    if faces is None:
-        faces, source = parity_faces()
-    report: dict[str, Any] = {"path": path, "opset": opset, "faces": source}
-    if simplify:
-        report["onnxslim"] = _slim(path, faces, min_cosine, verbose)
-    proto = onnx.load(path)
-    report["folded_input_affines"] = fold_input_affine(proto)
-    proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
-    set_metadata(proto, {**default_metadata(info), **info.get("metadata", {}), **(metadata or {})})
-    proto.producer_name = "maskfr"
-    onnx.checker.check_model(proto, full_check=True)
-    onnx.save(proto, path)
-    report["parity"] = compare(torch_embed(model, faces), ort_embed(path, faces), min_cosine,
-                               ref_name="torch", out_name="onnxruntime", verbose=verbose)
-    if not report["parity"]["passed"]:
-        raise RuntimeError(f"{path}: ONNX export disagrees with torch (min cosine "
-                           f"{report['parity']['min_cosine']:.6f} < {min_cosine})")
-    report["sha256"] = sha256(path)
+    final = os.fspath(path)
+    Path(final).parent.mkdir(parents=True, exist_ok=True)
+    # Written next to the destination and renamed once parity holds: a failed export must not replace (or
+    # half-write) a model already there, and the output may be the very file being re-exported.
+    path = f"{final}.tmp-{os.getpid()}"
+    try:
+        _torch_export(model, path, opset)
+        source = "given"
+        if faces is None:
+            faces, source = parity_faces()
+        report: dict[str, Any] = {"path": final, "opset": opset, "faces": source}
+        if simplify:
+            report["onnxslim"] = _slim(path, faces, min_cosine, verbose)
+        proto = onnx.load(path)
+        report["folded_input_affines"] = fold_input_affine(proto)
+        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+        set_metadata(proto, {**default_metadata(info), **info.get("metadata", {}), **(metadata or {})})
+        proto.producer_name = "maskfr"
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, path)
+        report["parity"] = compare(torch_embed(model, faces), ort_embed(path, faces), min_cosine,
+                                   ref_name="torch", out_name="onnxruntime", verbose=verbose)
+        if not report["parity"]["passed"]:
+            raise RuntimeError(f"{final}: ONNX export disagrees with torch (min cosine "
+                               f"{report['parity']['min_cosine']:.6f} < {min_cosine}); nothing written")
+        os.replace(path, final)
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+    report["sha256"] = sha256(final)
     return report
 
 
-__all__ = ["EMBED_DIM", "INPUT_NAME", "MIN_COSINE", "OPSET", "OUTPUT_NAME", "compare", "default_metadata",
-           "export_onnx", "fold_input_affine", "load_student", "ort_embed", "ort_session", "parity_faces",
-           "read_metadata", "set_metadata", "sha256", "torch_embed"]
+__all__ = ["EMBED_DIM", "INPUT_NAME", "MIN_COSINE", "OPSET", "OUTPUT_NAME", "check_student_io", "compare",
+           "default_metadata", "export_onnx", "fold_input_affine", "load_onnx", "load_student", "ort_embed",
+           "ort_session", "parity_faces", "read_metadata", "set_metadata", "sha256", "torch_embed"]

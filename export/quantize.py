@@ -29,7 +29,9 @@ feed the same array to every variant; Casts at the edges are nearly free on a GP
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -87,6 +89,9 @@ class FaceCalibrationReader:
     """ORT ``CalibrationDataReader`` over aligned RGB uint8 crops (N,112,112,3), in batches."""
 
     def __init__(self, faces: np.ndarray, input_name: str = "input", batch: int = 16):
+        # Equal batches (the largest divisor of the face count up to ``batch``): ORT's histogram calibrators
+        # (percentile, entropy) stack every batch's activations with np.asarray and fail on a short last one.
+        batch = max((b for b in range(1, min(batch, len(faces)) + 1) if len(faces) % b == 0), default=batch)
         self.faces, self.name, self.batch = faces, input_name, batch
         self._pos = 0
 
@@ -118,6 +123,9 @@ def calibration_faces(cache: str | os.PathLike | dict, people: set[str] | None =
         z = cache
     else:
         with np.load(cache, allow_pickle=False) as f:
+            if not {"path", "img112", "img112_masked"} <= set(f.files):  # else a bare KeyError: 'path'
+                raise ValueError(f"{cache}: not an aligned-face cache (needs path, img112, img112_masked; "
+                                 f"has {sorted(f.files)[:5]})")
             z = {k: f[k] for k in ("path", "img112", "img112_masked")}
     rows = np.arange(len(z["path"]))
     if people is not None:
@@ -198,10 +206,11 @@ def to_int8(src: str | os.PathLike, dst: str | os.PathLike, faces: np.ndarray, t
         pre = os.path.join(tmp, "pre.onnx")
         # shape inference + ORT's basic fusions (folds any per-channel affine left after a conv into it)
         quant_pre_process(os.fspath(src), pre, skip_symbolic_shape=True)
-        quantize_static(pre, os.fspath(dst), FaceCalibrationReader(faces), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=list(ops), per_channel=True, reduce_range=not trt,
-                        activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[method], extra_options=extra)
+        with contextlib.redirect_stdout(sys.stderr):  # ORT's calibration progress; stdout is for --json
+            quantize_static(pre, os.fspath(dst), FaceCalibrationReader(faces), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=list(ops), per_channel=True, reduce_range=not trt,
+                            activation_type=QuantType.QInt8 if trt else QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=methods[method], extra_options=extra)
     _copy_metadata(src, dst)
     return Path(dst)
 

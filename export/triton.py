@@ -21,16 +21,16 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-from maskfr.export.onnx_export import INPUT_NAME, OUTPUT_NAME
+from maskfr.export.onnx_export import INPUT_NAME, OUTPUT_NAME, check_student_io
 
 _DTYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 7: "TYPE_INT64", 6: "TYPE_INT32", 3: "TYPE_INT8", 2: "TYPE_UINT8"}
 
 
 def _io_from_onnx(path: str | os.PathLike) -> tuple[list[dict], list[dict], dict[str, str]]:
     """Triton IO entries (batch axis dropped) and maskfr metadata from an ONNX file."""
-    import onnx
-
-    proto = onnx.load(os.fspath(path), load_external_data=False)
+    # a clear error for a non-ONNX file or another model's IO (names and dims), not a KeyError or a config
+    # Triton refuses at load time
+    proto = check_student_io(path)
     inits = {i.name for i in proto.graph.initializer}
 
     def entries(values: Sequence[Any]) -> list[dict]:
@@ -66,23 +66,35 @@ def _pbtxt(cfg: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _check_plan_batch(plan: str | os.PathLike, max_batch: int) -> None:
+    side = Path(os.fspath(plan) + ".json")
+    if side.exists():
+        batch_min, _, batch_max = json.loads(side.read_text())["profile"]["batch"]
+        if max_batch > batch_max:
+            raise ValueError(f"max_batch {max_batch} exceeds the engine profile's maximum {batch_max}")
+        if batch_min > 1:  # dynamic batching sends any batch from 1 up, which the engine would reject
+            raise ValueError(f"the engine profile's minimum batch is {batch_min}; Triton needs 1: rebuild it with "
+                             f"maskfr build-engine --batch 1:OPT:{batch_max}")
+
+
 def write_model(repo: str | os.PathLike, name: str, model: str | os.PathLike, onnx_path: str | os.PathLike,
                 max_batch: int = 32, preferred: Sequence[int] = (8, 16, 32), delay_us: int = 2000,
-                instances: int = 1, kind: str = "KIND_GPU") -> Path:
+                instances: int = 1, kind: str = "KIND_GPU", plan: bool | None = None) -> Path:
     """One model directory: ``model`` (.onnx, or .plan/.engine) copied to version 1, plus config.pbtxt.
 
     ``onnx_path`` supplies the IO names/dims and the preprocessing metadata (for a plan: its source ONNX).
+    ``plan``: whether ``model`` is a TensorRT plan (default: from its suffix).
     """
+    # max_batch_size 0 would tell Triton the dims include the batch axis, which the config drops
+    if max_batch < 1 or instances < 1:
+        raise ValueError(f"max_batch and instances must be >= 1, got {max_batch} and {instances}")
     inputs, outputs, meta = _io_from_onnx(onnx_path)
     if [i["name"] for i in inputs] != [INPUT_NAME] or [o["name"] for o in outputs] != [OUTPUT_NAME]:
         raise ValueError(f"{onnx_path}: expected IO {INPUT_NAME!r} -> {OUTPUT_NAME!r}")
-    plan = Path(model).suffix in (".plan", ".engine")
+    if plan is None:
+        plan = Path(model).suffix in (".plan", ".engine")
     if plan:
-        side = Path(os.fspath(model) + ".json")
-        if side.exists():
-            batch_max = json.loads(side.read_text())["profile"]["batch"][2]
-            if max_batch > batch_max:
-                raise ValueError(f"max_batch {max_batch} exceeds the engine profile's maximum {batch_max}")
+        _check_plan_batch(model, max_batch)
     fname = "model.plan" if plan else "model.onnx"
     cfg = {"name": name, "platform": "tensorrt_plan" if plan else "onnxruntime_onnx",
            "default_model_filename": fname, "max_batch_size": int(max_batch), "input": inputs, "output": outputs,
@@ -99,11 +111,19 @@ def write_model(repo: str | os.PathLike, name: str, model: str | os.PathLike, on
 def write_repository(repo: str | os.PathLike, onnx_path: str | os.PathLike, plan: str | os.PathLike | None = None,
                      name: str = "maskfr", include_onnx: bool = True, **kw: Any) -> list[Path]:
     """The ONNX model (``name``) and/or the TensorRT plan (``name_trt``) in a Triton repository."""
+    if not include_onnx and plan is None:
+        raise ValueError("nothing to write: without the ONNX model (--plan-only) give the engine with --plan")
+    for f in [onnx_path] + ([plan] if plan is not None else []):  # before writing anything: no half repository
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"no such file: {f}")
+    if plan is not None:
+        _check_plan_batch(plan, kw.get("max_batch", 32))
     out = []
     if include_onnx:
         out.append(write_model(repo, name, onnx_path, onnx_path, **kw))
-    if plan is not None:
-        out.append(write_model(repo, f"{name}_trt", plan, onnx_path, **kw))
+    if plan is not None:  # a plan whatever its suffix (.trt too): never served as an ONNX model
+        # and on GPU instances: Triton's TensorRT backend refuses KIND_CPU (--cpu is for the ONNX model)
+        out.append(write_model(repo, f"{name}_trt", plan, onnx_path, plan=True, **{**kw, "kind": "KIND_GPU"}))
     return out
 
 

@@ -2,7 +2,9 @@
 
 On screen by default; ``--headless`` writes the annotated frames to a video instead (MJPG .avi
 plays everywhere and needs no extra codecs). ``--enroll DIR`` builds the gallery from
-DIR/<identity>/*.jpg at start-up; ``--gallery FILE`` loads (and, with --enroll, saves) one.
+DIR/<identity>/*.jpg at start-up (an identity already in the gallery gets that folder's faces instead
+of its old ones, so restarting a camera does not enrol everyone again); ``--gallery FILE`` loads (and, with
+--enroll, saves) one.
 Live sources (camera, RTSP) go through :class:`LatestFrame`, so a recogniser slower than the camera
 always works on the newest frame (``--every-frame`` to process them all instead).
 """
@@ -18,10 +20,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from maskfr.cli_runtime import folder_images
 from maskfr.gallery import Gallery
 from maskfr.recognizer import FaceRecognizer
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 def add_common_args(p: argparse.ArgumentParser, live_source: bool = False) -> None:
@@ -96,14 +97,24 @@ def live(cap: cv2.VideoCapture, args: argparse.Namespace) -> Any:
 
 
 def build(args: argparse.Namespace, detector: Any = None) -> tuple[FaceRecognizer, Gallery]:
+    # checked first, so a typo is an error rather than a traceback or a run where everyone is "unknown"
+    if args.enroll and not Path(args.enroll).is_dir():
+        raise SystemExit(f"--enroll {args.enroll}: no such folder (it holds one folder of photos per person)")
+    if args.gallery and not args.enroll and not Path(args.gallery).exists():
+        raise SystemExit(f"--gallery {args.gallery}: no such file (add --enroll DIR to build it)")
     rec = FaceRecognizer(args.model, detector=detector, backend=args.backend, threshold=args.threshold,
                          min_face=args.min_face)
     gallery = Gallery.load(args.gallery) if args.gallery and Path(args.gallery).exists() else rec.new_gallery()
     if args.enroll:
-        root = Path(args.enroll)
-        for person in sorted(d for d in root.iterdir() if d.is_dir()):
-            n = rec.enroll(gallery, person.name, sorted(p for p in person.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
-            print(f"enrolled {person.name}: {n} face(s)", file=sys.stderr)
+        try:
+            people = folder_images(Path(args.enroll))
+        except ValueError as e:  # no <identity>/ folders with images
+            raise SystemExit(f"--enroll: {e}") from None
+        for person, paths in people.items():
+            if person in gallery:
+                gallery.remove(person)
+            n = rec.enroll(gallery, person, paths)
+            print(f"enrolled {person}: {n} face(s)", file=sys.stderr)
         if args.gallery:
             gallery.save(args.gallery)
     return rec, gallery
@@ -127,7 +138,8 @@ def run(cap: cv2.VideoCapture, args: argparse.Namespace, detector: Any = None, t
         raise SystemExit(f"cannot open the video source ({title})")
     rec, gallery = build(args, detector)
     writer, n, t0 = None, 0, time.perf_counter()
-    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    fps = fps if 1 <= fps <= 240 else 25.0  # streams report 0, NaN or 90000 (a clock rate) too
     try:
         while not args.max_frames or n < args.max_frames:
             ok, frame = cap.read()
@@ -138,7 +150,10 @@ def run(cap: cv2.VideoCapture, args: argparse.Namespace, detector: Any = None, t
             if args.headless:
                 if writer is None:
                     h, w = frame.shape[:2]
+                    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
                     writer = cv2.VideoWriter(args.out, cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+                    if not writer.isOpened():  # else every frame is dropped silently and "wrote" is a lie
+                        raise SystemExit(f"cannot write the video {args.out} (not writable, or not a .avi name)")
                 writer.write(frame)
             else:
                 cv2.imshow(title, frame)

@@ -103,7 +103,7 @@ def load_runner(model: str | Path, backend: str = "auto", size: int = 112, threa
     if backend == "tensorrt":
         if not is_engine:
             raise BackendUnavailable(f"backend 'tensorrt' needs an engine ({'/'.join(ENGINE_SUFFIXES)}), got {path.name}; "
-                                     "build one with `python -m maskfr.export.engine`")
+                                     "build one with `maskfr build-engine MODEL.onnx`")
         return TensorRTRunner(path, size=size)
     if is_engine:
         raise ValueError(f"{path.name} is a TensorRT engine; use backend='tensorrt' or an .onnx model")
@@ -174,9 +174,10 @@ def _ck(result: Any) -> Any:
 
 
 def engine_sidecar(path: str | Path) -> dict:
-    """The JSON written next to an engine by ``maskfr.export.engine`` ({} if there is none)."""
+    """The JSON next to an engine: ``ENGINE.json`` as ``maskfr build-engine`` writes it, else a hand-made
+    ``STEM.json`` ({} if there is none)."""
     path = Path(path)
-    for cand in (path.with_suffix(".json"), Path(str(path) + ".json")):
+    for cand in (Path(str(path) + ".json"), path.with_suffix(".json")):
         if cand.is_file():
             try:
                 return json.loads(cand.read_text())
@@ -202,13 +203,17 @@ class TensorRTRunner:
     def __init__(self, path: str | Path, size: int = 112, cuda_graph: bool = False):
         path = Path(path)
         side = engine_sidecar(path)
-        if "input_shape" in side:  # cheap check that needs neither GPU nor TensorRT
-            _check_io(f"engine {path.name} (sidecar)", tuple(side["input_shape"]),
-                      tuple(side.get("output_shape", (-1, -1))), size)
+        # cheap checks that need neither GPU nor TensorRT: build-engine's profile, or a hand-made input_shape
+        shape = side.get("input_shape") or [-1] + side.get("profile", {}).get("shape", [])
+        if len(shape) == 4:
+            _check_io(f"engine {path.name} (sidecar)", tuple(shape), tuple(side.get("output_shape", (-1, -1))), size)
         trt, cudart = _tensorrt(), _cudart()
         if trt is None or cudart is None:
             raise BackendUnavailable("backend 'tensorrt' needs the tensorrt(-rtx) and cuda-python packages "
                                      "(pip install 'maskfr[trt]') and an NVIDIA GPU")
+        if "sm" in side:  # another GPU or TensorRT: a clear refusal with the rebuild command, not a failed deserialise
+            from maskfr.export.engine import check_sidecar, current_gpu
+            check_sidecar(path, gpu=current_gpu(), trt=trt)
         self._trt, self._cudart = trt, cudart
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)

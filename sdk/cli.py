@@ -158,8 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"maskfr {args.cmd}: error: {exc}", file=sys.stderr)
+    except (ValueError, OSError, KeyError) as exc:
+        # OSError (a file given as a folder, an unreadable image, a full disk) is bad input, not "no match";
+        # KeyError's str() would add quotes
+        print(f"maskfr {args.cmd}: error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}",
+              file=sys.stderr)
         return 2
 
 

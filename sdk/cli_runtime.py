@@ -1,7 +1,8 @@
 """Runtime sub-commands of ``maskfr``: embed, verify, enroll, identify, calibrate, bench, demo.
 
 Exit codes scripts can rely on: 0 ok (same person / identified), 1 no match / not the same
-person / no face found, 2 bad input or a missing component (model, detector, backend).
+person / no face found (embed, identify), 2 bad input (verify given an image without a face included)
+or a missing component (model, detector, backend).
 ``--json`` prints one JSON object on stdout; progress goes to stderr and only for long loops.
 """
 from __future__ import annotations
@@ -43,12 +44,16 @@ def _face_json(f: Any, with_embedding: bool = False) -> dict:
     return d
 
 
-def _folder_images(root: Path) -> dict[str, list[Path]]:
+def images_in(folder: Path) -> list[Path]:
+    """The images of one folder, sorted; hidden files (macOS ``._photo.jpg`` companions) are not images."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def folder_images(root: Path) -> dict[str, list[Path]]:
     """root/<identity>/*.jpg -> {identity: [paths]}."""
     if not root.is_dir():
         raise FileNotFoundError(f"folder {root} does not exist")
-    out = {d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-           for d in sorted(root.iterdir()) if d.is_dir()}
+    out = {d.name: images_in(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
     out = {k: v for k, v in out.items() if v}
     if not out:
         raise ValueError(f"{root} has no <identity>/ sub-folders with images")
@@ -70,7 +75,8 @@ def cmd_embed(a: argparse.Namespace) -> int:
         all_emb += [f.embedding[None] for f in faces]
         results.append({"image": path, "faces": [_face_json(f, a.json) for f in faces]})
     if a.out:
-        np.save(a.out, np.concatenate(all_emb) if all_emb else np.zeros((0, 128), np.float32))
+        with open(a.out, "wb") as f:  # np.save(name) appends ".npy" to other names: write where told (and reported)
+            np.save(f, np.concatenate(all_emb) if all_emb else np.zeros((0, 128), np.float32))
     if a.json:
         print(json.dumps({"images": results, "out": a.out}))
     else:
@@ -97,6 +103,8 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 def cmd_enroll(a: argparse.Namespace) -> int:
     from maskfr.gallery import Gallery
+    if a.identity and not a.folder:  # else nothing is enrolled, silently
+        raise ValueError("--identity needs the FOLDER of that person's images")
     rec = _recognizer(a)
     path = Path(a.gallery)
     gallery = Gallery.load(path) if path.exists() else rec.new_gallery()
@@ -109,8 +117,7 @@ def cmd_enroll(a: argparse.Namespace) -> int:
         report["renamed"] = a.rename
     if a.folder:
         root = Path(a.folder)
-        people = {a.identity: sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)} \
-            if a.identity else _folder_images(root)
+        people = {a.identity: images_in(root)} if a.identity else folder_images(root)
         enrolled, no_face = {}, 0
         for name, paths in _progress(list(people.items()), "enrolling", not a.json):
             n = rec.enroll(gallery, name, paths)
@@ -152,6 +159,7 @@ def calibrate(embeddings: np.ndarray, labels: np.ndarray, far: float, max_impost
               seed: int = 0) -> dict:
     """Threshold for a target FAR from all genuine pairs and (up to ``max_impostors``) impostor pairs."""
     from maskfr.metrics import tar_at_far
+    _check_far(far)
     n = len(labels)
     i, j = np.triu_indices(n, 1)
     if len(i) > max_impostors:  # keep every genuine pair, sample impostors
@@ -168,13 +176,23 @@ def calibrate(embeddings: np.ndarray, labels: np.ndarray, far: float, max_impost
         note = f"only {(~same).sum()} impostor pairs: FAR {far:g} is poorly estimated (want >= {int(10 / far)})"
     else:
         note = ""
+    if not np.isfinite(thr):  # inf would print as Infinity, which is not JSON
+        thr = float(np.nextafter(float(scores.max()), np.inf))
+        note = ("the most similar pair is an impostor pair (mislabelled images?): only a threshold above every "
+                f"score reaches FAR {far:g}" + (f"; {note}" if note else ""))
     return {"far": far, "threshold": thr, "tar": tar, "genuine_pairs": int(same.sum()),
             "impostor_pairs": int((~same).sum()), "note": note}
 
 
+def _check_far(far: float) -> None:
+    if not 0 < far <= 1:
+        raise ValueError(f"--far must be in (0, 1], got {far:g}")
+
+
 def cmd_calibrate(a: argparse.Namespace) -> int:
+    _check_far(a.far)  # before minutes of embedding
     rec = _recognizer(a)
-    people = _folder_images(Path(a.folder))
+    people = folder_images(Path(a.folder))
     embs, labels, no_face = [], [], 0
     items = [(k, name, p) for k, (name, paths) in enumerate(people.items()) for p in paths]
     for k, _, p in _progress(items, "embedding", not a.json):
@@ -183,6 +201,8 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
             embs.append(faces[0].embedding)
             labels.append(k)
         no_face += not faces
+    if not embs:
+        raise ValueError(f"no face found in any of the {len(items)} images of {a.folder}")
     report = calibrate(np.stack(embs), np.array(labels), a.far)
     report.update(images=len(items), images_without_face=no_face, model_version=rec.model_version)
     if a.json:
@@ -209,10 +229,13 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from maskfr.align import similarity_transform, template
     from maskfr.gallery import Gallery
     from maskfr.preprocess import preprocess
+    batches = [int(v) for v in a.batch.split(",")]
+    if min(batches) < 1 or a.gallery_size < 1:
+        raise ValueError("--batch sizes and --gallery-size must be >= 1")
     rec = _recognizer(a)
     rng = np.random.default_rng(0)
     rows = []
-    for b in (int(v) for v in a.batch.split(",")):
+    for b in batches:
         x = rng.uniform(-1, 1, (b, 3, 112, 112)).astype(np.float32)
         t = _timeit(lambda: rec.runner.infer(x), a.seconds)
         rows.append({"stage": "embed", "backend": rec.runner.name, "batch": b, "ms": 1e3 * t, "faces_per_s": b / t})

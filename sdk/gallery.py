@@ -30,6 +30,21 @@ VERSION = 1
 FAISS_MIN_SIZE = 2_000_000
 
 
+def _file_mode(path: Path) -> int:
+    """Permission bits for a gallery written to ``path``: the existing file's, else 0666 minus the umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        pass
+    try:  # Linux: read the umask without changing it (os.umask would, for every thread of the process)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o644
+
+
 class GalleryFormatError(ValueError):
     """The file is not a maskfr gallery, or it is damaged, truncated or from a newer version."""
 
@@ -130,6 +145,9 @@ class Gallery:
 
     def search(self, queries: np.ndarray, top_k: int = 1) -> list[list[Match]]:
         """Best ``top_k`` identities for each query (D,) or (M, D), most similar first."""
+        if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 1:
+            # 0 would report every known face as unknown
+            raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
         q = np.asarray(queries, np.float32)
         q = q[None] if q.ndim == 1 else q
         if q.ndim != 2 or q.shape[1] != self.dim:
@@ -178,6 +196,9 @@ class Gallery:
             fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
             try:
                 with os.fdopen(fd, "wb") as f:
+                    # mkstemp makes the file 0600: keep the replaced gallery's mode, else the umask's default, so
+                    # a save does not lock out the (other) user a camera service reads the gallery as
+                    os.fchmod(f.fileno(), _file_mode(path))
                     np.savez(f, **arrays)
                     f.flush()
                     os.fsync(f.fileno())
@@ -205,8 +226,11 @@ class Gallery:
                 names = json.loads(z["names"].tobytes())
         except GalleryFormatError:
             raise
-        except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as exc:
+        # TypeError / AttributeError: JSON of the wrong shape (a list for the header, a string for the version)
+        except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError, TypeError, AttributeError) as exc:
             raise GalleryFormatError(f"{path}: damaged, truncated or not a maskfr gallery ({exc})") from None
+        if not isinstance(names, list) or not all(isinstance(x, str) and x for x in names):
+            raise GalleryFormatError(f"{path}: damaged gallery (identity names are not a list of strings)")
         n = len(names)
         if (emb.ndim != 2 or emb.shape != (header.get("n_templates"), header.get("dim")) or emb.dtype != np.float32
                 or labels.shape != (len(emb),) or n != header.get("n_identities")

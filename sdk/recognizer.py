@@ -129,7 +129,10 @@ def load_image(src: Any, channels: str = "bgr") -> np.ndarray:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE)
         if img is None:
             raise ImageError(f"{path}: cannot decode (corrupt or not an image)")
-        return load_image(img)
+        try:
+            return load_image(img)
+        except ImageError as exc:  # e.g. a float TIFF: say which of many files it was
+            raise ImageError(f"{path}: {exc}") from None
     if isinstance(src, (bytes, bytearray)):
         img = cv2.imdecode(np.frombuffer(src, np.uint8), _DECODE) if src else None
         if img is None:
@@ -232,6 +235,13 @@ def _default_detector(threads: int | None = None, min_face: int | None = None) -
     return FaceDetector(threads=threads) if min_face is None else FaceDetector(threads=threads, min_face=min_face)
 
 
+def _image_list(images: Any) -> list:
+    """One image (path, bytes, PIL image, (H, W[, C]) array) or an iterable of them -> a list of images."""
+    one = isinstance(images, (str, Path, bytes, bytearray)) or _is_pil(images) or (
+        isinstance(images, np.ndarray) and images.ndim in (2, 3))
+    return [images] if one else list(images)
+
+
 class FaceRecognizer:
     """Detection + alignment + embedding + mask flag, batched. Safe to share between threads.
 
@@ -252,6 +262,8 @@ class FaceRecognizer:
                  max_side: int = 4096, mask_classifier: MaskClassifier | None | str = "default",
                  threads: int | None = None, min_face: int | None = None, channels: str = "bgr"):
         _check_channels(channels)
+        if threshold is not None and not np.isfinite(threshold):  # NaN would accept nobody, silently
+            raise ValueError(f"threshold must be a finite number, got {threshold}")
         self.channels = channels
         if detector is not None and min_face is not None:
             raise ValueError("min_face sets the default detector; give it to your own detector instead")
@@ -288,7 +300,9 @@ class FaceRecognizer:
     def _detect(self, img: np.ndarray, index: int) -> list[Face]:
         h, w = img.shape[:2]
         scale = min(1.0, self.max_side / max(h, w))
-        small = cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else img
+        # max(1, ...): a long thin strip (1x10000) would round to 0 rows, which cv2.resize refuses
+        small = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))),
+                           interpolation=cv2.INTER_AREA) if scale < 1 else img
         with self._detector_lock:
             if self._detector is None:
                 self._detector = _default_detector(self.threads, self.min_face)
@@ -335,12 +349,13 @@ class FaceRecognizer:
         every frame is embedded, frame by frame, largest first (N may be 0). With
         ``aligned=True`` each image is an already aligned 112x112 crop (colour order like any frame).
         """
-        items = [images] if isinstance(images, (str, Path, bytes)) or _is_pil(images) or (
-            isinstance(images, np.ndarray) and images.ndim in (2, 3)) else list(images)
+        items = _image_list(images)
         if not aligned:
             embs = [f.embedding for faces in self.analyze(items) for f in faces]
             return np.stack(embs) if embs else np.zeros((0, self._dim()), np.float32)
         crops = [load_image(c, self.channels) for c in items]
+        if not crops:
+            return np.zeros((0, self._dim()), np.float32)
         bad = [c.shape for c in crops if c.shape[:2] != (SIZE, SIZE)]
         if bad:
             raise ImageError(f"aligned crops must be {SIZE}x{SIZE}, got {bad[0][:2]}")
@@ -366,10 +381,12 @@ class FaceRecognizer:
             return x / max(float(np.linalg.norm(x)), 1e-12)
         return self.face(x, what).embedding
 
-    def enroll(self, gallery: Gallery, identity: str, images: Iterable[Any]) -> int:
-        """Add the largest face of each image to ``identity``; returns how many were enrolled."""
+    def enroll(self, gallery: Gallery, identity: str, images: Any) -> int:
+        """Add the largest face of each image to ``identity``; returns how many were enrolled.
+
+        images: one image or a list, as for :meth:`embed`."""
         self._check_gallery(gallery)
-        embs = [faces[0].embedding for faces in self.analyze(images) if faces]
+        embs = [faces[0].embedding for faces in self.analyze(_image_list(images)) if faces]
         if embs:
             gallery.add(identity, np.stack(embs))
         return len(embs)

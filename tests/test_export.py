@@ -205,7 +205,8 @@ def test_int8_qdq_model_is_tensorrt_ready(models):
 
 @pytest.mark.skipif(not HAVE_RTX, reason="tensorrt_rtx not installed (pip install tensorrt-rtx-cu13)")
 def test_engines_build_aot_and_sidecar_checks(models):
-    from maskfr.export.engine import AOT, EngineMismatch, build_engine, check_sidecar, import_trt, load_engine
+    from maskfr.export.engine import (AOT, EngineMismatch, build_engine, check_sidecar, import_trt, load_engine,
+                                      sidecar_path)
 
     trt = import_trt("tensorrt_rtx")
     for prec in ("fp32", "fp16", "int8"):
@@ -244,6 +245,9 @@ def test_engines_build_aot_and_sidecar_checks(models):
     (models["dir"] / "m.fp16.engine.json").write_text(json.dumps(side))
     with pytest.raises(EngineMismatch, match="no sidecar"):
         check_sidecar(models["dir"] / "missing.engine")
+    sidecar_path(models["dir"] / "damaged.engine").write_text('{"flavour": ')
+    with pytest.raises(EngineMismatch, match="damaged.engine.json is damaged"):
+        check_sidecar(models["dir"] / "damaged.engine")
     from maskfr.export.engine import current_gpu
     if current_gpu() is None:
         with pytest.raises(EngineMismatch, match="no GPU is usable here"):
@@ -298,6 +302,8 @@ def test_cli_commands_registered():
     assert a.int8 and a.fp16 and a.calib == "c.npz" and a.folds == "1-5"
     assert p.parse_args(["export", "final.pt", "-o", "m.onnx"]).output == "m.onnx"
     assert p.parse_args(["export-triton", "m.onnx", "--repo", "r"]).repo == "r"
+    quantize = next(a for a in p._subparsers._group_actions[0].choices["quantize"]._actions if a.dest == "int8")
+    assert "MODEL.int8-cpu.onnx" in quantize.help  # the file --target cpu writes
 
 
 def test_golden_faces_come_from_the_public_photo():
@@ -340,10 +346,134 @@ def test_quantize_calibrates_on_a_folder_of_images(models, tmp_path, capsys):
     model = tmp_path / "m.onnx"
     model.write_bytes(models["fp32"].read_bytes())
     assert main(["quantize", str(model), "--int8", "--target", "cpu", "--calib", str(tmp_path / "cams"), "--json"]) == 0
-    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out = json.loads(capsys.readouterr().out)  # --json: stdout is the JSON report alone
     assert out["calibration_faces"] == 2 and out["calibration_skipped"] == skipped
     assert qdq_summary(tmp_path / "m.int8-cpu.onnx")["uint8"] > 0
     (tmp_path / "empty").mkdir()
     cv2.imwrite(str(tmp_path / "empty" / "coffee.jpg"), photos["coffee"])
     with pytest.raises(ValueError, match="no face found in the 1 images"):
         folder_faces(tmp_path / "empty")
+
+
+def test_int8_histogram_calibration_takes_any_face_count(models, tmp_path, capsys):
+    """18 faces are a batch of 16 and one of 2, which ORT's percentile calibrator could not stack; and its
+    progress lines must not reach stdout (``maskfr quantize --json``)."""
+    from maskfr.export.quantize import FaceCalibrationReader, qdq_summary, to_int8
+
+    f = faces(18)
+    reader = FaceCalibrationReader(f)
+    batches = list(iter(reader.get_next, None))
+    assert len({len(b["input"]) for b in batches}) == 1 and sum(len(b["input"]) for b in batches) == 18
+    capsys.readouterr()
+    to_int8(models["fp32"], tmp_path / "q.onnx", f, method="percentile")
+    assert qdq_summary(tmp_path / "q.onnx")["tensorrt_ready"]
+    assert capsys.readouterr().out == ""
+
+
+def test_cli_names_bad_inputs_instead_of_tracebacks(models, tmp_path, capsys):
+    """Not ONNX, truncated, another model's IO, a damaged checkpoint, bad option values: exit 2 and a line that
+    says what is wrong, for every export command, and nothing half-written."""
+    from maskfr.cli import main
+
+    garbage, trunc, foreign = tmp_path / "g.onnx", tmp_path / "t.onnx", tmp_path / "f.onnx"
+    garbage.write_bytes(b"not a model")
+    trunc.write_bytes(models["fp32"].read_bytes()[:100_000])
+    onnx.save(_affine_conv_model(0), foreign)
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    torch.save({"model": {"x": torch.zeros(1)}}, tmp_path / "other.pt")
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    np.save(tmp_path / "nchw.npy", np.zeros((4, 3, 112, 112), np.float32))
+    repo = tmp_path / "repo"
+    cases = [(["quantize", str(models["fp32"]), "--int8", "--calib", str(tmp_path / "other.npz")],
+              "not an aligned-face cache"),
+             (["quantize", str(models["fp32"]), "--int8", "--calib", str(tmp_path / "nchw.npy")], "(N, 112, 112, 3)"),
+             (["quantize", str(garbage), "--fp16"], "not an ONNX model"),
+             (["quantize", str(trunc), "--fp16"], "not an ONNX model"),
+             (["quantize", str(foreign), "--int8"], "not a maskfr face embedder"),
+             (["quantize", str(models["fp32"]), "--int8", "--calib", str(tmp_path / "nope")], "--calib"),
+             (["build-engine", str(garbage), "--sm", "86"], "not an ONNX model"),
+             (["build-engine", str(foreign), "--sm", "86", "--precision", "fp32"], "not a maskfr face embedder"),
+             (["build-engine", str(models["fp32"]), "--sm", "86", "--batch", "a:b:c"], "--batch"),
+             (["build-engine", str(models["int8cpu"]), "--sm", "86", "--precision", "int8"], "CPU INT8 flavour"),
+             (["build-engine", str(models["int8"]), "--sm", "86", "--precision", "int8", "-o", str(models["int8"])],
+              "is the ONNX model itself"),
+             (["export-triton", str(garbage), "--repo", str(repo)], "not an ONNX model"),
+             (["export-triton", str(models["fp32"]), "--repo", str(repo), "--plan-only"], "--plan"),
+             (["export-triton", str(models["fp32"]), "--repo", str(repo), "--plan", str(tmp_path / "no.engine")],
+              "no such file"),
+             (["export-triton", str(models["fp32"]), "--repo", str(repo), "--max-batch", "0"], "max_batch"),
+             (["export", str(garbage), "-o", str(tmp_path / "x.onnx")], "not an ONNX model"),
+             (["export", str(tmp_path / "bad.pt"), "-o", str(tmp_path / "x.onnx")], "not a maskfr checkpoint"),
+             (["export", str(tmp_path / "other.pt"), "-o", str(tmp_path / "x.onnx")], "not a maskfr student"),
+             (["export", str(tmp_path / "bad.pt"), "--thresholds", "0.5"], "JSON object of numbers"),
+             (["export", str(tmp_path / "bad.pt"), "--thresholds", str(tmp_path / "thr.json")], "--thresholds"),
+             (["export", str(tmp_path / "bad.pt"), "--meta", "version"], "--meta")]
+    before = models["int8"].read_bytes()
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"maskfr {argv[0]}: error:") and message in err, (argv, err)
+    assert models["int8"].read_bytes() == before  # -o onto the ONNX did not overwrite it
+    assert not repo.exists() and not (tmp_path / "x.onnx").exists()
+
+
+def test_failed_export_keeps_the_existing_model(models, tmp_path):
+    """Written next to the destination and renamed once parity holds: a failed export leaves what was there."""
+    out = tmp_path / "m.onnx"
+    out.write_bytes(models["fp32"].read_bytes())
+    with pytest.raises(RuntimeError, match="disagrees with torch"):
+        ox.export_onnx(models["student"], out, faces=models["faces"][:2], simplify=False, verbose=False,
+                       min_cosine=1.5)
+    assert out.read_bytes() == models["fp32"].read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temporary left behind
+
+
+def test_onnxslim_result_is_renamed_within_the_output_folder(models, tmp_path, monkeypatch):
+    """os.replace cannot cross filesystems (a tmpfs /tmp): the slimmed candidate must live next to the model."""
+    import errno
+    import os
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "onnxslim", types.SimpleNamespace(slim=lambda proto: proto))
+    real_replace = os.replace
+
+    def one_filesystem(src, dst):
+        if os.path.dirname(os.path.abspath(src)) != os.path.dirname(os.path.abspath(dst)):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", one_filesystem)
+    rep = ox.export_onnx(models["student"], tmp_path / "s.onnx", faces=models["faces"][:2], verbose=False)
+    assert rep["onnxslim"]["kept"] and rep["parity"]["passed"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.onnx"]
+
+
+def test_triton_plan_whatever_its_suffix_and_profile_checks(models, tmp_path):
+    from maskfr.export.triton import parse_config, write_repository
+
+    plan = tmp_path / "m.trt"  # an engine suffix the runtime accepts too
+    plan.write_bytes(b"plan")
+    o, t = write_repository(tmp_path / "repo", models["fp32"], plan=plan, kind="KIND_CPU")
+    assert parse_config(t / "config.pbtxt")["platform"] == "tensorrt_plan" and (t / "1" / "model.plan").exists()
+    assert not (t / "1" / "model.onnx").exists()
+    # --cpu: the ONNX model on CPU instances, the plan still on the GPU (TensorRT has no CPU instances)
+    assert parse_config(o / "config.pbtxt")["instance_group"][0]["kind"] == "KIND_CPU"
+    assert parse_config(t / "config.pbtxt")["instance_group"][0]["kind"] == "KIND_GPU"
+    # checked before anything is written: no ONNX model left without its plan
+    eng = tmp_path / "m.engine"
+    eng.write_bytes(b"plan")
+    eng.with_name("m.engine.json").write_text(json.dumps({"profile": {"batch": [4, 8, 32]}}))
+    with pytest.raises(ValueError, match="minimum batch is 4"):
+        write_repository(tmp_path / "repo2", models["fp32"], plan=eng)
+    eng.with_name("m.engine.json").write_text(json.dumps({"profile": {"batch": [1, 8, 16]}}))
+    with pytest.raises(ValueError, match="exceeds the engine profile"):
+        write_repository(tmp_path / "repo2", models["fp32"], plan=eng)
+    assert not (tmp_path / "repo2").exists()
+
+
+def test_runtime_points_to_the_real_engine_command(models):
+    from maskfr import backends
+
+    with pytest.raises(backends.BackendUnavailable, match="maskfr build-engine"):
+        backends.load_runner(models["fp32"], "tensorrt")

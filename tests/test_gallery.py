@@ -120,6 +120,48 @@ def test_damaged_truncated_foreign_files(gal, tmp_path):
         Gallery.load(tmp_path / "missing.npz")
 
 
+def test_foreign_npz_with_odd_json_is_a_format_error(tmp_path):
+    """npz files from other programs whose 'header'/'names' hold JSON of the wrong shape: a clear
+    GalleryFormatError (exit 2 in the CLI), not an AttributeError/TypeError traceback or odd identities."""
+    def js(o):
+        return np.frombuffer(json.dumps(o).encode(), np.uint8)
+    good = {"format": gm.FORMAT, "version": 1, "dim": 4, "model_version": "", "n_identities": 1, "n_templates": 1}
+    body = {"embeddings": np.ones((1, 4), np.float32), "labels": np.zeros(1, np.int64)}
+    cases = {"header_list": {"header": js([1, 2])},
+             "version_str": {"header": js(dict(good, version="2"))},
+             "names_nested": dict(body, header=js(good), names=js([[1]])),
+             "names_int": dict(body, header=js(good), names=js([7])),
+             "names_dict": dict(body, header=js(good), names=js({"a": 1}))}
+    for name, arrays in cases.items():
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+        with pytest.raises(GalleryFormatError, match="damaged|not a maskfr gallery"):
+            Gallery.load(tmp_path / f"{name}.npz")
+
+
+def test_top_k_must_be_positive(gal):
+    """top_k=0 used to return no matches (a known face came out unknown), top_k=-1 a wrong single match."""
+    q = gal._emb[0]
+    for bad in (0, -1, -5, 1.5, True):
+        with pytest.raises(ValueError, match="top_k"):
+            gal.search(q, bad)
+    assert len(gal.search(q, np.int64(2))[0]) == 2
+
+
+def test_save_keeps_file_mode(gal, tmp_path):
+    """mkstemp's 0600 used to replace the gallery's mode on every save, locking out other readers."""
+    import os
+    p = tmp_path / "g.npz"
+    old = os.umask(0o022)
+    try:
+        gal.save(p)
+        assert p.stat().st_mode & 0o777 == 0o644
+        p.chmod(0o640)
+        gal.save(p)
+        assert p.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+
+
 def test_pickle_is_never_loaded(tmp_path):
     np.savez(tmp_path / "evil.npz", header=np.array([{"format": gm.FORMAT}], dtype=object))
     with pytest.raises(GalleryFormatError):

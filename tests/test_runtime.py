@@ -178,6 +178,30 @@ def test_huge_images(model, monkeypatch):
     assert abs(face.box[0] - 37) < 4 and abs(face.box[2] - 162) < 6
 
 
+def test_long_thin_frames_are_not_a_crash(model):
+    """A frame shrunk for detection whose short side rounded to 0 pixels: cv2.error, not an answer."""
+    rec = FaceRecognizer(model, detector=MarkerDetector(), max_side=4096)
+    for shape in ((1, 10000, 3), (2, 50000), (10000, 1, 3)):
+        assert rec.analyze([np.zeros(shape, np.uint8)]) == [[]]
+
+
+def test_enroll_one_image_and_file_errors_name_the_file(rec, model, tmp_path):
+    """enroll(gallery, name, "alice.jpg") iterated the path's characters ("image not found: a") and a
+    single frame array row by row (silently 0 enrolled); one image is fine, as for embed()."""
+    frame = draw_faces([(1, 20, 30, 96)])
+    path = tmp_path / "alice.png"
+    cv2.imwrite(str(path), frame)
+    g = rec.new_gallery()
+    assert rec.enroll(g, "alice", str(path)) == 1 and rec.enroll(g, "alice", frame) == 1
+    assert rec.enroll(g, "alice", [path, frame]) == 2 and g.n_templates == 4
+    assert rec.embed([], aligned=True).shape == rec.embed([]).shape == (0, 128)
+    cv2.imwrite(str(tmp_path / "float.tiff"), frame.astype(np.float32) / 255)
+    with pytest.raises(ImageError, match="float.tiff: .*dtype"):
+        load_image(tmp_path / "float.tiff")
+    with pytest.raises(ValueError, match="finite"):
+        FaceRecognizer(model, detector=MarkerDetector(), threshold=float("nan"))
+
+
 def test_wrong_shape_model_and_missing_default(tmp_path):
     bad = make_model(tmp_path / "bad.onnx", size=64)
     with pytest.raises(backends.ModelShapeError, match="not \\(N, 3, 112, 112\\)"):
@@ -225,6 +249,26 @@ def test_engine_with_wrong_input_shape_raises(tmp_path):
     (tmp_path / "student.json").write_text(json.dumps({"input_shape": [8, 3, 96, 96], "output_shape": [8, 128]}))
     with pytest.raises(backends.ModelShapeError, match="not \\(N, 3, 112, 112\\)"):
         backends.load_runner(engine, "auto")
+
+
+def test_engine_for_another_gpu_or_tensorrt_is_refused_with_the_rebuild_command(tmp_path, monkeypatch):
+    """The sidecar build-engine writes (ENGINE.json) is checked before deserialising, as load_engine does."""
+    engine_mod = pytest.importorskip("maskfr.export.engine")
+    if backends._tensorrt() is None:
+        pytest.skip("no tensorrt(-rtx) package")
+    monkeypatch.setattr(backends, "_cudart", lambda: object())  # never reached: the sidecar check comes first
+    monkeypatch.setattr(engine_mod, "current_gpu", lambda: {"name": "RTX 4090", "sm": 89})
+    engine = tmp_path / "m.fp16.engine"
+    engine.write_bytes(b"\0" * 64)
+    side = {"flavour": "tensorrt_rtx", "tensorrt_version": "0.9", "gpu": "RTX 3090", "sm": 86, "onnx": "m.fp16.onnx",
+            "precision": "fp16", "profile": {"input": "input", "batch": [1, 8, 32], "shape": [3, 112, 112]}}
+    (tmp_path / "m.fp16.engine.json").write_text(json.dumps(side))
+    (tmp_path / "m.fp16.json").write_text("{}")  # a stray file with the stem's name is not the sidecar
+    with pytest.raises(engine_mod.EngineMismatch, match=r"tensorrt_rtx 0\.9.*SM86.*RTX 4090.*maskfr build-engine"):
+        backends.load_runner(engine, "tensorrt")
+    (tmp_path / "m.fp16.engine.json").write_text(json.dumps({**side, "profile": {**side["profile"], "shape": [3, 96, 96]}}))
+    with pytest.raises(backends.ModelShapeError, match="not \\(N, 3, 112, 112\\)"):
+        backends.load_runner(engine, "tensorrt")
 
 
 @pytest.mark.gpu
@@ -305,6 +349,7 @@ def cli(monkeypatch, model, capsys):
         rc = main([str(a) for a in args] + ["--model", str(model), "--json"])
         out = capsys.readouterr().out
         return rc, (json.loads(out) if out.strip() else None)
+    run.model = model
     return run
 
 
@@ -346,6 +391,58 @@ def test_cli_enroll_identify_calibrate(cli, tmp_path):
     assert cli("identify", gal, probe)[0] == 2
     rc, out = cli("calibrate", root, "--far", "0.1")
     assert rc == 0 and out["genuine_pairs"] == 12 and out["impostor_pairs"] == 54 and out["tar"] == 1.0
+
+
+def test_cli_os_errors_and_bad_arguments_exit_2(cli, tmp_path, capsys):
+    """Errors scripts must not read as "no match" (exit 1): a file given as --identity's folder
+    (NotADirectoryError), a directory as a gallery, --far outside (0, 1], --top-k 0, a folder without faces."""
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), draw_faces([(1, 20, 30, 96)]))
+    gal = tmp_path / "g.npz"
+    assert cli("enroll", gal, img, "--identity", "x") == (2, None)
+    assert cli("enroll", tmp_path, img, "--identity", "x")[0] == 2
+    assert cli("enroll", gal, tmp_path, "--identity", "x")[0] == 0
+    assert cli("identify", gal, img, "--top-k", "0") == (2, None)
+    assert cli("enroll", gal, "--identity", "x") == (2, None)  # used to be ignored, exit 0
+    assert cli("bench", "--gallery-size", "0", "--seconds", "0.01") == (2, None)
+    root = tmp_path / "people"
+    for k in range(2):
+        (root / f"p{k}").mkdir(parents=True)
+        for j in range(2):
+            cv2.imwrite(str(root / f"p{k}" / f"{j}.png"), draw_faces([(k + 1, 30 + 10 * j, 40, 90)], jitter=j + 1))
+    for far in ("0", "-1", "2"):
+        assert cli("calibrate", root, "--far", far) == (2, None)
+    empty = tmp_path / "nofaces"
+    for k in range(2):
+        (empty / f"p{k}").mkdir(parents=True)
+        cv2.imwrite(str(empty / f"p{k}" / "0.png"), draw_faces([]))
+    capsys.readouterr()
+    from maskfr.cli import main
+    assert main(["calibrate", str(empty), "--model", str(cli.model)]) == 2
+    assert "no face found" in capsys.readouterr().err
+    assert main(["enroll", str(gal), "--remove", "nobody", "--model", str(cli.model)]) == 2
+    assert "error: no identity 'nobody' in the gallery\n" in capsys.readouterr().err  # no KeyError quotes
+
+
+def test_cli_embed_out_is_the_path_given(cli, tmp_path):
+    """np.save("emb") wrote emb.npy while the report said "emb"."""
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), draw_faces([(1, 20, 30, 96)]))
+    rc, out = cli("embed", img, "--out", tmp_path / "emb")
+    assert rc == 0 and out["out"] == str(tmp_path / "emb") and np.load(tmp_path / "emb").shape == (1, 128)
+    assert not (tmp_path / "emb.npy").exists()
+
+
+def test_calibrate_json_is_valid_when_an_impostor_pair_scores_highest():
+    """A mislabelled duplicate made the threshold inf, printed by --json as Infinity (not JSON)."""
+    from maskfr.cli_runtime import calibrate
+    rng = np.random.default_rng(0)
+    e = rng.standard_normal((6, 16)).astype(np.float32)
+    e[5] = e[0]  # the same photo filed under another identity
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    r = calibrate(e, np.array([0, 0, 1, 1, 2, 2]), 1e-3)
+    json.dumps(r, allow_nan=False)
+    assert 1.0 <= r["threshold"] < 1.0 + 1e-6 and "impostor" in r["note"]
 
 
 def test_calibrate_picks_threshold_for_far():

@@ -36,6 +36,12 @@ def test_sample_headless(tmp_path, sample, name, every):
                                      "--headless", "--out", str(out)] + ["--every-frame"] * every,
                            detector=MarkerDetector())
     assert rc == 0 and out.exists() and gal.exists()
+    if name == "video":  # a restart with the same folders replaces their faces, it does not add them again
+        assert sample(name).main(source + ["--model", str(model), "--enroll", str(people), "--gallery", str(gal),
+                                           "--headless", "--out", str(out)], detector=MarkerDetector()) == 0
+        from maskfr.gallery import Gallery
+        g = Gallery.load(gal)
+        assert sorted(g.identities) == ["alice", "bob"] and g.n_templates == 2
     if name == "video" or every:
         assert count_frames(out) == 12
     else:  # a live source: frames that arrive while one is being recognised are skipped, never the last one
@@ -98,3 +104,46 @@ def test_annotations_name_known_faces(tmp_path, sample):
 def test_csi_pipeline_string(sample):
     s = sample("webcam").csi_pipeline(1, 640, 480, 30)
     assert s.startswith("nvarguscamerasrc sensor-id=1") and "appsink" in s and "width=640" in s
+
+
+def test_sample_argument_mistakes_are_errors(tmp_path, sample):
+    """A typo in --enroll or --gallery, or a --out that cannot be written, stops with a message instead of a
+    traceback, a run where everyone is "unknown", or "wrote" for a video that was never written."""
+    video = write_video(tmp_path / "in.avi", n_frames=3)
+    model = make_model(tmp_path / "m.onnx")
+    common = [str(video), "--model", str(model), "--headless"]
+    (tmp_path / "empty" / "alice").mkdir(parents=True)
+    (tmp_path / "empty" / "alice" / "._a.jpg").write_bytes(b"\0\5")  # a macOS companion file is not a photo
+    for extra, message in ((["--enroll", str(tmp_path / "nobody")], "--enroll"),
+                           (["--enroll", str(tmp_path / "empty")], "--enroll: .* no <identity>/ sub-folders"),
+                           (["--gallery", str(tmp_path / "typo.npz")], "--gallery"),
+                           (["--out", str(tmp_path / "out.unknown-extension")], "cannot write the video")):
+        with pytest.raises(SystemExit, match=message):
+            sample("video").main(common + extra, detector=MarkerDetector())
+    assert not (tmp_path / "typo.npz").exists()
+    out = tmp_path / "new" / "dir" / "out.avi"  # missing folders are made, as for the other outputs
+    assert sample("video").main(common + ["--out", str(out)], detector=MarkerDetector()) == 0
+    assert count_frames(out) == 3
+
+
+def test_stream_without_a_frame_rate_still_writes_its_video(tmp_path, sample):
+    """RTSP streams report a frame rate of 0, NaN or a 90 kHz clock: the annotated video still gets written."""
+    video = write_video(tmp_path / "in.avi", n_frames=4)
+    model = make_model(tmp_path / "m.onnx")
+
+    class NoRate:
+        def __init__(self):
+            self.cap = cv2.VideoCapture(str(video))
+
+        def get(self, prop: int) -> float:
+            return float("nan") if prop == cv2.CAP_PROP_FPS else self.cap.get(prop)
+
+        def __getattr__(self, name):
+            return getattr(self.cap, name)
+
+    common = sample("_common")
+    p = __import__("argparse").ArgumentParser()
+    common.add_common_args(p)
+    out = tmp_path / "out.avi"
+    common.run(NoRate(), p.parse_args(["--model", str(model), "--headless", "--out", str(out)]), MarkerDetector())
+    assert count_frames(out) == 4

@@ -8,15 +8,24 @@ from pathlib import Path
 
 
 def _folds(text: str) -> list[int]:
+    """``6-10`` or ``6``: LFW folds, numbered 1-10 as pairs.txt and people.txt number them."""
     lo, _, hi = text.partition("-")
-    return list(range(int(lo), int(hi or lo) + 1))
+    try:
+        folds = list(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        folds = []
+    # "11" or "5-1" matched no pair (a confusing "need at least one array" later), and "0" read fold 10
+    if not folds or folds[0] < 1 or folds[-1] > 10:
+        raise ValueError(f"--folds {text!r}: give one of LFW's folds 1-10 or a range of them, e.g. 6 or 6-10")
+    return folds
 
 
 def cmd_mask(a: argparse.Namespace) -> int:
     from maskfr.training.mask_folder import mask_folder
     n, skipped = mask_folder(a.src, a.dst, a.masks, seed=a.seed)
     print(json.dumps({"masked": n, "skipped_no_face": skipped}) if a.json else
-          f"masked {n} images into {a.dst}; {len(skipped)} without a detectable face were copied unmasked")
+          f"masked {n} images into {a.dst}; {len(skipped)} without a detectable face (or unreadable) were copied "
+          "unmasked")
     return 0
 
 
@@ -37,13 +46,19 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if MASK_STYLES[a.mask_style]["p_template"] > 0 and not a.masks and not cache_path.exists():
         raise ValueError(f"building the cache with --mask-style {a.mask_style} draws MaskTheFace templates: give their "
                          "folder with --masks (or use --mask-style procedural)")
-    pairs = lfw_pairs(a.lfw, _folds(a.folds))
+    folds = _folds(a.folds)
+    if len(folds) < 2:  # with one fold there is no other to pick its threshold on: every accuracy read 50 %
+        raise ValueError(f"--folds {a.folds}: each fold's threshold is picked on the other folds, so give at least "
+                         "two, e.g. 6-10")
+    pairs = lfw_pairs(a.lfw, folds)
+    if not pairs:
+        raise ValueError(f"no pairs of folds {a.folds} in {Path(a.lfw) / 'pairs.txt'}")
     need = sorted({p.a for p in pairs} | {p.b for p in pairs})
-    if not cache_path.exists():
-        wanted = set(need)
-        people = sorted({Path(p).parent.name for p in need})
-        fc.build([s for s in LFW(a.lfw).samples(people) if s.path in wanted], cache_path, a.masks,
-                 **MASK_STYLES[a.mask_style])
+    wanted = set(need)
+    people = sorted({Path(p).parent.name for p in need})
+    # an existing cache is only checked: it must hold every image of these pairs
+    fc.build([s for s in LFW(a.lfw).samples(people) if s.path in wanted], cache_path, a.masks,
+             **MASK_STYLES[a.mask_style])
     cache = fc.load(cache_path)
     rows = np.flatnonzero(np.isin(cache["path"], need))
     sub = {k: v[rows] for k, v in cache.items()}
@@ -79,11 +94,22 @@ def cmd_thresholds(a: argparse.Namespace) -> int:
     from maskfr.training.embedders import onnx_embedder
     from maskfr.training.evaluate import recommended_thresholds
     folds = LFW(a.lfw).people_folds()
-    people = sorted({p for f in _folds(a.folds) for p in folds[f - 1]})
-    cache = fc.load(Path(a.cache) if a.cache else fc.lfw_cache_path())
+    wanted = _folds(a.folds)
+    if wanted[-1] > len(folds):
+        raise ValueError(f"--folds {a.folds}: {Path(a.lfw) / 'people.txt'} has {len(folds)} folds")
+    people = sorted({p for f in wanted for p in folds[f - 1]})
+    cache_path = Path(a.cache) if a.cache else fc.lfw_cache_path()
+    if not cache_path.exists():
+        raise ValueError(f"no cache {cache_path}: 'maskfr train' builds the one of every LFW image there")
+    # every face of these people, as the README's figures count them: a cache of 'maskfr eval' holds only its
+    # pairs' images, and thresholds from it were computed on about half of the faces, in silence
+    lacking = fc.missing(cache_path, LFW(a.lfw).samples(people))
+    if lacking:
+        raise ValueError(f"the cache {cache_path} lacks {len(lacking)} images of the people of folds {a.folds}, "
+                         f"e.g. {lacking[0]} ('maskfr eval' keeps only its pairs' images; 'maskfr train' caches "
+                         "every LFW image)")
+    cache = fc.load(cache_path)
     rows = np.flatnonzero(np.isin(cache["identity"], people))
-    if len(rows) == 0:
-        raise ValueError(f"no cached faces of the people of folds {a.folds}; build the cache with 'maskfr eval' first")
     sub = {k: v[rows] for k, v in cache.items()}
     rep = recommended_thresholds(onnx_embedder(a.model)(sub), sub)
     rep.update(model=str(a.model), folds=a.folds)

@@ -117,6 +117,8 @@ def to_bgr(frame: np.ndarray) -> np.ndarray:
     """Check a frame and bring it to 3-channel BGR uint8 (grayscale and BGRA are converted)."""
     if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
         raise ValueError(f"frame must be a uint8 numpy array, got {getattr(frame, 'dtype', type(frame))}")
+    if frame.ndim in (2, 3) and (frame.shape[0] == 0 or frame.shape[1] == 0):  # cv2.cvtColor would assert
+        raise ValueError(f"frame is empty: shape {frame.shape}")
     if frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] == 1):
         return cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_GRAY2BGR)
     if frame.ndim == 3 and frame.shape[2] == 4:

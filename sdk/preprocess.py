@@ -107,6 +107,19 @@ def _preprocess_numpy(frames: Sequence[np.ndarray], frame_index: Any, matrices: 
         raise ValueError(f"matrices must have shape ({len(idx)}, 2, 3), got {mats.shape}")
     if len(idx) and (idx.min() < 0 or idx.max() >= len(frames)):
         raise ValueError(f"frame_index out of range for {len(frames)} frames")
+    # Same checks as maskfr._ext: cv2 would warp float, grey or 4-channel frames and NaN matrices
+    # into silently wrong crops (or fail with broadcast / OpenCV assertion errors).
+    if not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size must be an integer >= 1, got {size!r}")
+    if not np.isfinite(mats).all():
+        raise ValueError("matrices have a non-finite entry")
+    for i, f in enumerate(frames):
+        if not isinstance(f, np.ndarray):
+            raise ValueError(f"frames[{i}] must be a numpy array")
+        if f.dtype != np.uint8:
+            raise ValueError(f"frames[{i}] must be uint8, got {f.dtype}")
+        if f.ndim != 3 or f.shape[2] != 3 or f.shape[0] < 1 or f.shape[1] < 1:
+            raise ValueError(f"frames[{i}] must have shape (H, W, 3) with H, W >= 1, got {f.shape}")
     crops = np.empty((len(idx), size, size, 3), np.uint8)
     for i, (f, m) in enumerate(zip(idx, mats)):
         crops[i] = warp_face(frames[f], m, size)[..., ::-1]

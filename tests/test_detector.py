@@ -75,6 +75,15 @@ def test_input_validation(detector: FaceDetector) -> None:
         FaceDetector(backend="tpu")
 
 
+@pytest.mark.parametrize("shape", [(0, 0, 3), (0, 5, 3), (5, 0, 3), (0, 5), (5, 0, 4)])
+def test_zero_size_frames_raise_value_error(detector: FaceDetector, shape: tuple) -> None:
+    """An empty frame is a bad input like any other (it used to fail inside cv2.cvtColor with cv2.error)."""
+    with pytest.raises(ValueError, match="empty"):
+        detector.detect(np.zeros(shape, np.uint8))
+    with pytest.raises(ValueError, match="empty"):
+        detector.detect_batch([np.zeros((30, 30, 3), np.uint8), np.zeros(shape, np.uint8)])
+
+
 def test_drawn_face_frame_and_formats(detector: FaceDetector) -> None:
     """A drawing at an offset in a bigger frame: whatever is found is reported in frame pixels."""
     lm = face_landmarks(100, 95)

@@ -133,6 +133,9 @@ def _bad_inputs():
         (dict(frames=[ok], frame_index=i, matrices=m * np.nan), "non-finite"),
         (dict(frames=[ok], frame_index=i, matrices=m, size=0), "size"),
         (dict(frames=[ok], frame_index=i, matrices=m, dtype=np.float64), "float32 or float16"),
+        # non-native byte order: the kernel writes native floats, so these would come back as garbage
+        (dict(frames=[ok], frame_index=i, matrices=m, dtype=np.dtype(np.float32).newbyteorder()), "float32 or float16"),
+        (dict(frames=[ok], frame_index=i, matrices=m, dtype=np.dtype(np.float16).newbyteorder()), "float32 or float16"),
         (dict(frames=[ok], frame_index=i, matrices=m, out=np.zeros((2, 3, 112, 112), np.float16)), "dtype"),
         (dict(frames=[ok], frame_index=i, matrices=m, out=np.zeros((2, 3, 112, 111), np.float32)), "shape"),
         (dict(frames=[ok], frame_index=i, matrices=m, out=np.zeros((2, 3, 112, 224), np.float32)[..., ::2]),
@@ -144,6 +147,62 @@ def _bad_inputs():
 def test_bad_input_raises_value_error(ext, kwargs, match):
     with pytest.raises(ValueError, match=match):
         ext.preprocess(**kwargs)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="address-space limit via /proc")
+def test_thread_start_failure_does_not_abort(ext):
+    """When worker threads cannot be started (thread or memory limits), the call still completes on the
+    threads it has; it used to std::terminate the process (joinable std::threads destroyed by the exception)."""
+    code = (
+        "import resource, numpy as np; from maskfr import _ext\n"
+        "n = 64000; frame = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)\n"
+        "mats = np.tile(np.eye(2, 3), (n, 1, 1)); idx = np.zeros(n, np.int64)\n"
+        "vm = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (vm + (512 << 20), resource.RLIM_INFINITY))\n"
+        "out = _ext.preprocess([frame], idx, mats, 1, num_threads=2000)\n"  # 2000 x 8 MiB stacks cannot fit
+        "want = (frame[0, 0, ::-1].astype(np.float32) - 127.5) / 127.5\n"
+        "assert (out[:, :, 0, 0] == want).all(), out[:3]\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+
+
+def test_cuda_entry_accepts_an_empty_batch(ext):
+    """No faces: nothing to do, as on the CPU. Empty CuPy/PyTorch device arrays have data pointer 0, and the
+    frame list may be empty; both used to raise ValueError. Needs no GPU: nothing reaches the CUDA runtime."""
+    if not ext.has_cuda:
+        pytest.skip("maskfr._ext built without CUDA")
+    assert ext.preprocess_cuda([], np.zeros(0, np.int64), np.zeros((0, 2, 3)), 0) is None
+    assert ext.preprocess_cuda([np.zeros((4, 4, 3), np.uint8)], np.zeros(0, np.int64), np.zeros((0, 2, 3)), 0) is None
+    with pytest.raises(ValueError, match="out of range"):
+        ext.preprocess_cuda([], np.zeros(1, np.int64), np.zeros((1, 2, 3)), 0)
+    with pytest.raises(ValueError, match="out_ptr"):
+        ext.preprocess_cuda([np.zeros((4, 4, 3), np.uint8)], np.zeros(1, np.int64), np.zeros((1, 2, 3)), 0)
+
+
+@pytest.mark.parametrize("frame,match", [
+    (np.zeros((20, 30, 3), np.float32), "uint8"),  # the numpy path used to warp it and cast to uint8
+    (np.zeros((20, 30), np.uint8), r"\(H, W, 3\)"),
+    (np.zeros((20, 30, 4), np.uint8), r"\(H, W, 3\)"),
+    (np.zeros((0, 30, 3), np.uint8), r"H, W >= 1"),
+])
+def test_backends_reject_the_same_bad_frames(ext, frame, match):
+    """The reference (numpy) backend checks frames like the extension, instead of silently giving wrong
+    numbers (float frames; a grey frame with size=3) or numpy/OpenCV broadcast and assertion errors."""
+    m, i = np.tile(np.eye(2, 3), (2, 1, 1)), np.array([0, 0])
+    for backend in ("cpp", "numpy"):
+        for size in (3, 112):
+            with pytest.raises(ValueError, match=match):
+                pp.preprocess([frame], i, m, size=size, backend=backend)
+
+
+def test_backends_reject_non_finite_matrices_and_bad_sizes(ext):
+    ok, m, i = np.zeros((20, 30, 3), np.uint8), np.tile(np.eye(2, 3), (2, 1, 1)), np.array([0, 0])
+    for backend in ("cpp", "numpy"):
+        with pytest.raises(ValueError, match="non-finite"):
+            pp.preprocess([ok], i, m * np.nan, backend=backend)
+        with pytest.raises(ValueError, match="size"):
+            pp.preprocess([ok], i, m, size=0, backend=backend)
 
 
 def test_preprocess_backends(ext):

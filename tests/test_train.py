@@ -271,3 +271,19 @@ def test_shipped_configs_load_and_hold_every_stage(path):
                         "reformer": ("lr_encoder", "lr_reformer", "tau", "w_relation", "w_instance"),
                         "classifier": ("lr_head", "lr_reformer", "margin", "scale", "w_kd")}.items():
         assert {"epochs", *keys} <= set(cfg["stages"][stage]), stage
+
+
+def test_a_stage_trained_with_other_settings_is_not_reused_in_silence(tmp_path, capsys):
+    """A rerun with a changed config into the same run folder returned the old stages (the old model) unsaid."""
+    torch.set_num_threads(2)
+    cfg = _cfg(epochs=1)
+    cfg["generative_pretraining"] = False
+    Trainer(cfg, _tiny_data(), MaskSynth(None), tmp_path, pretrained=False).run_stage("reformer", None)
+    capsys.readouterr()
+    same = dict(cfg, threads=1, wise_alpha=0.5)  # run-only settings: the stage is the same
+    Trainer(same, _tiny_data(), MaskSynth(None), tmp_path, pretrained=False).run_stage("reformer", None)
+    assert "reusing" not in capsys.readouterr().err
+    other = dict(cfg, p_mask=0.25, stages=dict(cfg["stages"], reformer=dict(cfg["stages"]["reformer"], tau=0.05)))
+    Trainer(other, _tiny_data(), MaskSynth(None), tmp_path, pretrained=False).run_stage("reformer", None)
+    err = capsys.readouterr().err
+    assert f"reusing {tmp_path / 'reformer.pt'}, trained with other settings (p_mask, stages.reformer)" in err

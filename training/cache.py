@@ -128,7 +128,17 @@ def build(samples: list[Sample], out: str | Path, masks_root: str | Path | None,
     from tqdm import tqdm
     out = Path(out)
     if out.exists():
+        # a cache built for other images (``maskfr eval`` keeps only its pairs' images, at the default path
+        # training uses too) served training without the missing faces, in silence
+        lacking = missing(out, samples)
+        if lacking:
+            raise ValueError(f"the cache {out} holds {len(samples) - len(lacking)} of the {len(samples)} images "
+                             "asked for (it was built for others, e.g. by 'maskfr eval', which keeps only its pairs' "
+                             f"images; it lacks {lacking[0]}): delete it to have it rebuilt (or give 'maskfr eval' "
+                             "another --cache)")
         return out
+    from maskfr.training.masks import MaskSynth
+    MaskSynth(masks_root, **mask_kw)  # a bad masks folder raised in each worker's initializer, restarted forever
     parts = out.with_suffix(f".parts-{cache_key(samples, masks_root, mask_kw)}")
     parts.mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(0, len(samples), CHUNK) if not (parts / f"{i:07d}.npz").exists()]
@@ -156,6 +166,13 @@ def build(samples: list[Sample], out: str | Path, masks_root: str | Path | None,
         p.unlink()
     parts.rmdir()
     return out
+
+
+def missing(path: str | Path, samples: list[Sample]) -> list[str]:
+    """The paths of ``samples`` that the built cache at ``path`` does not hold."""
+    with np.load(path, allow_pickle=False) as z:
+        have = set(z["path"].tolist())
+    return [s.path for s in samples if s.path not in have]
 
 
 def load(path: str | Path) -> dict[str, np.ndarray]:

@@ -1,7 +1,6 @@
 """``maskfr mask SRC DST``: a masked copy of a face dataset folder."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import cv2
@@ -15,7 +14,8 @@ def mask_folder(src: str | Path, dst: str | Path, masks_root: str | Path | None 
     """Mask every image under ``src`` into the same relative path under ``dst``.
 
     Occlusion maps go to ``dst/_occlusion/<same path>.png``. Images where no face is
-    found are copied unmasked and returned in the skipped list (never silently lost).
+    found, or that cannot be decoded, are copied unmasked and returned in the skipped list
+    (never silently lost). ``dst`` may not be ``src`` or lie inside it.
     """
     from tqdm import tqdm
 
@@ -25,23 +25,43 @@ def mask_folder(src: str | Path, dst: str | Path, masks_root: str | Path | None 
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise FileNotFoundError(f"source folder {src} does not exist")
+    # DST = SRC overwrote the originals with masked copies; DST inside SRC masked the masked copies on a re-run
+    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
+        raise ValueError(f"destination {dst} is the source folder {src} or inside it: give a folder outside it")
     synth = MaskSynth(masks_root)
-    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
     done, skipped = 0, []
     for i, path in enumerate(tqdm(files, desc="mask", unit="img")):
         rel = path.relative_to(src)
         out = dst / rel
         out.parent.mkdir(parents=True, exist_ok=True)
-        img = read_rgb(str(path))
-        lm, _, found = detect_landmarks(img)
+        try:
+            img = read_rgb(str(path))
+        except ValueError:  # one corrupt file ended the whole run; like a faceless image, it is copied and listed
+            img = None
+        lm, _, found = detect_landmarks(img) if img is not None else (None, None, False)
         if not found:
-            shutil.copyfile(path, out)
+            _replace(out, path.read_bytes())
             skipped.append(str(rel))
             continue
         masked, occ = synth(img, lm, np.random.default_rng([seed, i]))
-        cv2.imwrite(str(out), cv2.cvtColor(masked, cv2.COLOR_RGB2BGR))
+        _replace(out, _encode(out, cv2.cvtColor(masked, cv2.COLOR_RGB2BGR)))
         occ_path = dst / "_occlusion" / rel.with_suffix(".png")
         occ_path.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(occ_path), occ.astype(np.uint8) * 255)
+        _replace(occ_path, _encode(occ_path, occ.astype(np.uint8) * 255))
         done += 1
     return done, skipped
+
+
+def _encode(path: Path, img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(path.suffix, img)
+    if not ok:  # cv2.imwrite's False was ignored: the image was counted as masked but never written
+        raise OSError(f"cannot encode {path} as {path.suffix}")
+    return buf.tobytes()
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Written then renamed: an interrupted run left truncated images that decode without an error."""
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_bytes(data)
+    tmp.replace(path)

@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import json
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,10 +36,87 @@ STAGES = ("inpaint", "reformer", "classifier")
 
 def load_config(path: str | Path) -> dict:
     """A config is a Python file defining ``config = dict(...)``."""
-    spec = importlib.util.spec_from_file_location("maskfr_config", path)
+    # a file not ending in .py got no loader (AttributeError on None), one without `config` an AttributeError
+    spec = importlib.util.spec_from_file_location("maskfr_config", path) if str(path).endswith(".py") else None
+    if spec is None:
+        raise ValueError(f"config {path}: expected a Python file (.py) defining config = dict(...)")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    if not isinstance(getattr(mod, "config", None), dict):
+        raise ValueError(f"config {path}: defines no config = dict(...)")
     return dict(mod.config)
+
+
+# Every key a config may hold, with its type (float takes ints too): train.py reads them with .get() or [], so a
+# typo'd key was ignored in silence and a wrong type failed only mid-run. REQUIRED are read by every run; None
+# is allowed only where the code reads it as "off" (NULLABLE).
+CONFIG_TYPES = {"name": str, "seed": int, "train_lfw_folds": list, "use_celeba": bool, "batch_size": int,
+                "p_mask": float, "p_template": float, "p_below_nose": float, "p_scarf": float, "p_mirror": float,
+                "generative_pretraining": bool, "center_teacher": bool, "stages": dict, "threads": int,
+                "workers": int, "align_jitter": dict, "degrade": dict, "wise_alpha": float, "device": str,
+                "log_every": int}
+REQUIRED = ("name", "seed", "train_lfw_folds", "batch_size", "p_mask", "stages", "threads", "workers")
+NULLABLE = {"align_jitter", "degrade", "max_steps"}
+STAGE_KEYS = {  # (required, optional) keys of each stage; all numbers, the INT_KEYS integers
+    "inpaint": ({"epochs", "lr_encoder", "lr_decoder", "hole_weight"}, {"lr_new", "max_steps", "warmup_steps"}),
+    "reformer": ({"epochs", "lr_encoder", "lr_reformer", "w_relation", "w_instance"},
+                 {"tau", "max_steps", "warmup_steps"}),
+    "classifier": ({"epochs", "lr_head", "lr_reformer", "margin", "scale", "w_kd"},
+                   {"tau", "max_steps", "warmup_steps"}),
+}
+INT_KEYS = {"epochs", "max_steps", "warmup_steps"}
+SUB_KEYS = {"align_jitter": ({"p", "rot_deg", "scale", "shift_px"}, set()),
+            "degrade": ({"p", "min_scale"}, {"p_blur", "max_blur_px", "p_jpeg", "jpeg_quality", "p_grey"})}
+_TYPE_NAMES = {float: "a number", int: "an integer", bool: "True or False", str: "a string", list: "a list",
+               dict: "a dict"}
+
+
+def check_config(cfg: dict) -> None:
+    """Refuse unknown keys (naming the nearest known one), missing keys and wrong types before any work starts."""
+    import difflib
+
+    def known(where: str, keys, allowed) -> None:
+        for k in keys:
+            if k not in allowed:
+                near = difflib.get_close_matches(str(k), sorted(allowed), n=1)
+                raise ValueError(f"config: unknown key {where}{k!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+                                 + f"; known: {', '.join(sorted(allowed))}")
+
+    def typed(where: str, key: str, v, t) -> None:
+        if v is None and key in NULLABLE:
+            return
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if not (number if t is float else number and isinstance(v, int) if t is int else isinstance(v, t)):
+            raise ValueError(f"config: {where} must be {_TYPE_NAMES[t]}, got {v!r}")
+
+    known("", cfg, CONFIG_TYPES)
+    missing = [k for k in REQUIRED if k not in cfg]
+    if missing:
+        raise ValueError(f"config: missing key(s) {', '.join(missing)}")
+    for k, v in cfg.items():
+        typed(repr(k), k, v, CONFIG_TYPES[k])
+        if (k.startswith("p_") or k == "wise_alpha") and not 0.0 <= v <= 1.0:  # wise_alpha: else refused after training
+            raise ValueError(f"config: {k!r} must be in [0, 1], got {v!r}")
+    folds = cfg["train_lfw_folds"]  # fold 0 read people.txt's last fold (test people) through folds[-1]
+    if not folds or not all(isinstance(f, int) and not isinstance(f, bool) and 1 <= f <= 10 for f in folds):
+        raise ValueError(f"config: 'train_lfw_folds' must list LFW folds 1-10, got {folds!r}")
+    for name, (required, optional) in SUB_KEYS.items():
+        if cfg.get(name):
+            known(f"in {name!r}: ", cfg[name], required | optional)
+            if required - set(cfg[name]):
+                raise ValueError(f"config: {name!r} lacks {', '.join(sorted(required - set(cfg[name])))}")
+    known("in 'stages': ", cfg["stages"], STAGE_KEYS)
+    for st in STAGES:
+        if st not in cfg["stages"] and (st != "inpaint" or cfg.get("generative_pretraining", True)):
+            raise ValueError(f"config: 'stages' has no {st!r} stage")
+    for st, s in cfg["stages"].items():
+        required, optional = STAGE_KEYS[st]
+        typed(f"stages[{st!r}]", "", s, dict)
+        known(f"in stage {st!r}: ", s, required | optional)
+        if required - set(s):
+            raise ValueError(f"config: stage {st!r} lacks {', '.join(sorted(required - set(s)))}")
+        for k, v in s.items():
+            typed(f"{st}.{k}", k, v, int if k in INT_KEYS else float)
 
 
 def git_rev() -> str:
@@ -265,6 +343,19 @@ def build_trainset(cfg: dict, lfw_cache: dict | None, celeba_cache: dict | None,
                     teacher_mirror=np.concatenate(mirrored).astype(np.float32) if mirrored else None)
 
 
+RUN_ONLY_KEYS = {"name", "threads", "workers", "log_every", "device", "wise_alpha"}  # do not change a stage's weights
+
+
+def config_changes(old: dict, new: dict, stage: str) -> list[str]:
+    """Keys of two configs that differ and bear on ``stage`` (every key but RUN_ONLY_KEYS and later stages)."""
+    def flat(c: dict) -> dict:
+        out = {k: v for k, v in c.items() if k not in RUN_ONLY_KEYS and k != "stages"}
+        out.update({f"stages.{s}": (c.get("stages") or {}).get(s) for s in STAGES[:STAGES.index(stage) + 1]})
+        return out
+    a, b = flat(old), flat(new)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
 class Trainer:
     """Runs the stages of one config into ``run_dir``; every stage resumable."""
 
@@ -343,10 +434,19 @@ class Trainer:
         loss = ce + s["w_kd"] * (rel + inst)
         return loss, {"ce": ce.item(), "relation": rel.item(), "instance": inst.item()}
 
+    def _check_reuse(self, st: dict, path: Path, stage: str) -> None:
+        """Say so when a stage on disk was trained with other settings: a rerun with a changed config (or --set)
+        and the same run folder returned the old stages, and so the old model, without a word. Only a note:
+        copying a stage across runs on purpose is documented (configs/g2d_cpu_scarf.py)."""
+        changed = config_changes(st.get("config") or {}, self.cfg, stage)
+        if changed:
+            print(f"note: reusing {path}, trained with other settings ({', '.join(changed)}); give another --run "
+                  "or name to train this config afresh", file=sys.stderr, flush=True)
+
     def run_stage(self, stage: str, prev: Path | None) -> Path:
         done = self.run / f"{stage}.pt"
         if done.exists():
-            self._load(done)
+            self._check_reuse(self._load(done), done, stage)
             return done
         s = self.cfg["stages"][stage]
         opt = self._optimizer(stage)
@@ -354,7 +454,9 @@ class Trainer:
         partial = self.run / f"{stage}.partial.pt"
         start = 0
         if partial.exists():
-            start = self._load(partial, opt)["epoch"] + 1
+            st = self._load(partial, opt)
+            self._check_reuse(st, partial, stage)
+            start = st["epoch"] + 1
         elif prev is not None:
             self._load(prev)
         # jitter, camera degradations and mirroring only where the student learns identity (the inpainter's target
@@ -461,8 +563,20 @@ def train_from_args(a) -> int:
     from maskfr.training.evaluate import TABLE_HEADER, evaluate, lfw_pairs, markdown_rows
     cfg = load_config(a.config)
     for kv in a.set or []:
-        k, _, v = kv.partition("=")
-        cfg[k] = ast.literal_eval(v)
+        k, eq, v = kv.partition("=")
+        try:  # without "=", or with a bare word as value, literal_eval raised a SyntaxError or a cryptic ValueError
+            if not eq or not k.strip():
+                raise ValueError
+            cfg[k.strip()] = ast.literal_eval(v.strip())
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            raise ValueError(f"--set {kv!r}: expected KEY=VALUE with a Python literal as the value, e.g. --set "
+                             "p_template=0.0, --set \"name='my_run'\" (strings quoted) or --set \"stages={...}\""
+                             ) from None
+    check_config(cfg)
+    test_folds = [f for f in range(1, 11) if f not in cfg["train_lfw_folds"]]
+    if a.eval and len(test_folds) < 2:  # found out after training, and with one fold every accuracy read 50 %
+        raise ValueError(f"--eval picks each test fold's threshold on the other test folds: train_lfw_folds="
+                         f"{cfg['train_lfw_folds']} leaves {len(test_folds)} of LFW's 10 folds to test on, 2 needed")
     p_template = cfg.get("p_template", 0.5)
     if p_template > 0 and not a.masks:
         raise ValueError(f"p_template={p_template} asks for MaskTheFace template masks: give their folder with "
@@ -481,7 +595,6 @@ def train_from_args(a) -> int:
     trainer.decoder.cpu()
     if not a.eval:
         return 0
-    test_folds = [f for f in range(1, 11) if f not in cfg["train_lfw_folds"]]
     pairs = lfw_pairs(lfw_root, test_folds)
     need = sorted({p.a for p in pairs} | {p.b for p in pairs})
     rows = np.flatnonzero(np.isin(lfw_cache["path"], need))

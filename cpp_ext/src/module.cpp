@@ -29,7 +29,8 @@ std::string shape_str(const py::array& a) {
 // Returns the output dtype's element size: 4 (float32) or 2 (float16).
 int check_dtype(const py::object& dtype) {
     const py::dtype dt = py::dtype::from_args(dtype);
-    if (dt.kind() == 'f' && (dt.itemsize() == 4 || dt.itemsize() == 2)) return static_cast<int>(dt.itemsize());
+    // equal(), not kind/itemsize: a non-native byte order ('>f4' on x86) would get native bytes.
+    if (dt.equal(py::dtype::of<float>()) || dt.equal(py::dtype("float16"))) return static_cast<int>(dt.itemsize());
     throw py::value_error("dtype must be float32 or float16, got " + py::str(dt).cast<std::string>());
 }
 
@@ -159,9 +160,9 @@ void preprocess_cuda(const py::sequence& frames, const py::object& frame_index, 
 #ifdef MASKFR_WITH_CUDA
     check_size(size);
     const int itemsize = check_dtype(dtype);
-    if (out_ptr == 0) throw py::value_error("out_ptr must be a device pointer, got 0");
-    if (frames.size() == 0) throw py::value_error("frames must not be empty");
-    const bool on_host = py::isinstance<py::array>(frames[0]);
+    // An empty batch (empty frame list, zero-size `out` whose pointer is 0) is valid, as on the CPU:
+    // frame_index is range-checked and out_ptr is checked once the batch is known to be non-empty.
+    const bool on_host = frames.size() == 0 || py::isinstance<py::array>(frames[0]);
     std::vector<py::array> host;
     std::vector<maskfr::cuda::HostFrame> host_frames;
     std::vector<FaceJob> device_frames;  // frame, pitch, height, width of each device frame
@@ -205,6 +206,7 @@ void preprocess_cuda(const py::sequence& frames, const py::object& frame_index, 
             job.pitch = device_frames[f].pitch;
         }
     });
+    if (!jobs.empty() && out_ptr == 0) throw py::value_error("out_ptr must be a device pointer, got 0");
     py::gil_scoped_release release;
     maskfr::cuda::preprocess(host_frames, std::move(jobs), size, itemsize == 2, out_ptr, stream);
 #else

@@ -4,6 +4,7 @@
 #include <array>
 #include <cstdlib>
 #include <cstring>
+#include <system_error>
 #include <thread>
 
 #include "cpu_rows.h"
@@ -64,9 +65,15 @@ void run(const std::vector<FaceJob>& jobs, int size, const T* lut, T* out, int n
     threads = std::max<std::int64_t>(1, std::min(threads, total / kMinRowsPerThread));
     const std::int64_t chunk = (total + threads - 1) / threads;
     std::vector<std::thread> pool;
-    for (std::int64_t b = chunk; b < total; b += chunk) {
-        pool.emplace_back(rows, jobs.data(), size, lut, out, b, std::min(total, b + chunk));
+    pool.reserve(static_cast<std::size_t>(threads));
+    std::int64_t b = chunk;
+    try {
+        for (; b < total; b += chunk) pool.emplace_back(rows, jobs.data(), size, lut, out, b, std::min(total, b + chunk));
+    } catch (const std::system_error&) {
+        // No thread to be had (thread or memory limits): letting this propagate would destroy
+        // joinable threads (std::terminate), so the chunks left run on this thread instead.
     }
+    for (; b < total; b += chunk) rows(jobs.data(), size, lut, out, b, std::min(total, b + chunk));
     rows(jobs.data(), size, lut, out, 0, std::min(total, chunk));
     for (auto& t : pool) t.join();
 }

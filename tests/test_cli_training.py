@@ -1,0 +1,174 @@
+"""Bad input to the training and evaluation commands: a clear error (exit 2) before any work, never a traceback,
+a silently wrong result or a damaged source folder."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from maskfr.cli import main
+from maskfr.training import cache as fc
+from maskfr.training.data import LFW, Sample
+from maskfr.training.mask_folder import mask_folder
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+def _lfw(root: Path) -> Path:
+    """Two folds: pairs.txt and people.txt as LFW writes them (empty image files: nothing here reads them)."""
+    for name, n in (("Ann_A", 3), ("Bob_B", 2), ("Cy_C", 1)):
+        d = root / "images_deepfunneled" / name
+        d.mkdir(parents=True)
+        for i in range(1, n + 1):
+            (d / f"{name}_{i:04d}.jpg").write_bytes(b"")
+    (root / "pairs.txt").write_text("2\t1\nAnn_A\t1\t2\nAnn_A\t3\tBob_B\t1\nBob_B\t1\t2\nAnn_A\t2\tCy_C\t1\n")
+    (root / "people.txt").write_text("2\n2\nAnn_A\t3\nCy_C\t1\n1\nBob_B\t2\n")
+    return root
+
+
+def _run(capsys, *argv) -> tuple[int, str]:
+    rc = main([str(a) for a in argv])
+    return rc, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("folds", ["11", "5-1", "abc", "0", "", "3-12"])
+def test_bad_folds_are_named(tmp_path, capsys, folds):
+    lfw = _lfw(tmp_path / "lfw")
+    for cmd in (["eval", "--mask-style", "procedural", "--cache", tmp_path / "c.npz", "--out", tmp_path / "o"],
+                ["thresholds", "--model", tmp_path / "m.onnx", "-o", tmp_path / "t.json"]):
+        rc, err = _run(capsys, *cmd, "--lfw", lfw, "--folds", folds)
+        assert rc == 2 and f"--folds {folds!r}" in err and "1-10" in err, err
+    assert not list(tmp_path.glob("c.*"))  # nothing built for no pairs
+
+
+def test_eval_needs_two_folds_and_thresholds_folds_people_txt_has(tmp_path, capsys):
+    lfw = _lfw(tmp_path / "lfw")
+    # one fold: no other fold to pick its threshold on, and every accuracy read 50 %
+    rc, err = _run(capsys, "eval", "--lfw", lfw, "--folds", "2", "--mask-style", "procedural", "--cache",
+                   tmp_path / "c.npz", "--out", tmp_path / "o")
+    assert rc == 2 and "at least two" in err
+    rc, err = _run(capsys, "thresholds", "--lfw", lfw, "--folds", "3", "--model", tmp_path / "m.onnx",
+                   "-o", tmp_path / "t.json")  # was an IndexError
+    assert rc == 2 and "has 2 folds" in err
+
+
+def test_set_needs_key_equals_literal(tmp_path, capsys):
+    lfw = _lfw(tmp_path / "lfw")
+    for bad in ("p_template", "p_template=", "name=my_run", "=0.0", "p_template=0.0 0.1"):
+        rc, err = _run(capsys, "train", CONFIGS / "g2d_cpu.py", "--lfw", lfw, "--set", bad)
+        assert rc == 2 and f"--set {bad!r}: expected KEY=VALUE" in err, err
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("p_templat=0.0", "unknown key 'p_templat' (did you mean 'p_template'?)"),
+    ("batch_size='64'", "'batch_size' must be an integer, got '64'"),
+    ("p_mask=1.5", "'p_mask' must be in [0, 1]"),
+    ("wise_alpha=1.5", "'wise_alpha' must be in [0, 1]"),
+    ("train_lfw_folds=[0, 1]", "'train_lfw_folds' must list LFW folds 1-10"),  # 0 read fold 10, the test people
+    ("align_jitter={'p': 0.5, 'rot': 5.0, 'scale': 0.06, 'shift_px': 3.0}",
+     "unknown key in 'align_jitter': 'rot' (did you mean 'rot_deg'?)"),
+    ("stages={'inpaint': {}, 'reformer': {}, 'classifier': {}}", "stage 'inpaint' lacks epochs"),
+])
+def test_config_typos_and_wrong_types_are_refused_before_training(tmp_path, capsys, setting, message):
+    lfw = _lfw(tmp_path / "lfw")
+    rc, err = _run(capsys, "train", CONFIGS / "g2d_cpu.py", "--lfw", lfw, "--set", "p_template=0.0", "--set", setting)
+    assert rc == 2 and message in err, err
+
+
+def test_config_files_checked(tmp_path, capsys):
+    lfw = _lfw(tmp_path / "lfw")
+    typo = tmp_path / "typo.py"
+    typo.write_text(f"import runpy\nc = runpy.run_path({str(CONFIGS / 'g2d_cpu.py')!r})['config']\n"
+                    "c['stages']['reformer']['max_step'] = 10\nconfig = dict(c, p_template=0.0)\n")
+    rc, err = _run(capsys, "train", typo, "--lfw", lfw)
+    assert rc == 2 and "unknown key in stage 'reformer': 'max_step' (did you mean 'max_steps'?)" in err
+    (tmp_path / "c.txt").write_text("config = dict()\n")  # was an AttributeError on a None loader
+    (tmp_path / "none.py").write_text("x = 1\n")
+    for path in (tmp_path / "c.txt", tmp_path / "none.py"):
+        rc, err = _run(capsys, "train", path, "--lfw", lfw)
+        assert rc == 2 and "config = dict(...)" in err, err
+    # --eval with one test fold left was found out after training (and read 50 %)
+    rc, err = _run(capsys, "train", CONFIGS / "g2d_cpu.py", "--lfw", lfw, "--eval", "--set", "p_template=0.0",
+                   "--set", "train_lfw_folds=[1, 2, 3, 4, 5, 6, 7, 8, 9]")
+    assert rc == 2 and "2 needed" in err
+
+
+def test_shipped_configs_pass_the_check():
+    from maskfr.training.train import check_config, load_config
+    for path in sorted(CONFIGS.glob("*.py")):
+        check_config(load_config(path))
+
+
+def _fake_cache(path: Path, samples: list[Sample]) -> None:
+    np.savez(path, path=np.array([s.path for s in samples]), identity=np.array([s.identity for s in samples]))
+
+
+def test_cache_built_for_fewer_images_is_refused(tmp_path, capsys):
+    """`maskfr eval` caches only its pairs' images at the path training reads: training then went on without the
+    other faces, and `maskfr thresholds` computed its thresholds on about half of them."""
+    lfw = _lfw(tmp_path / "lfw")
+    samples = LFW(lfw).samples()
+    out = tmp_path / "lfw.npz"
+    _fake_cache(out, samples[:4])
+    with pytest.raises(ValueError, match=r"holds 4 of the 6 images asked for .* lacks .*Bob_B_0002\.jpg"):
+        fc.build(samples, out, None)
+    assert fc.build(samples[1:3], out, None) == out  # a cache holding every image asked for is used as it is
+    rc, err = _run(capsys, "thresholds", "--lfw", lfw, "--folds", "2", "--model", tmp_path / "m.onnx", "--cache", out,
+                   "-o", tmp_path / "t.json")
+    assert rc == 2 and "lacks 1 images of the people of folds 2" in err and not (tmp_path / "t.json").exists()
+
+
+def test_mask_refuses_to_write_into_its_source(tmp_path):
+    src = tmp_path / "src" / "p"
+    src.mkdir(parents=True)
+    cv2.imwrite(str(src / "blank.jpg"), np.full((80, 80, 3), 127, np.uint8))
+    before = (src / "blank.jpg").read_bytes()
+    for dst in (tmp_path / "src", tmp_path / "src" / "masked", src / ".." / "p" / "out"):
+        with pytest.raises(ValueError, match="inside it"):
+            mask_folder(tmp_path / "src", dst)
+    assert (src / "blank.jpg").read_bytes() == before and sorted(p.name for p in src.iterdir()) == ["blank.jpg"]
+
+
+def test_mask_copies_unreadable_files_and_goes_on(tmp_path):
+    src = tmp_path / "src" / "p"
+    src.mkdir(parents=True)
+    (src / "a_broken.jpg").write_bytes(b"not a jpeg")  # one bad file ended the whole run
+    cv2.imwrite(str(src / "b_blank.png"), np.full((80, 80, 3), 127, np.uint8))
+    (src / "c_dir.jpg").mkdir()
+    n, skipped = mask_folder(tmp_path / "src", tmp_path / "dst")
+    assert n == 0 and skipped == ["p/a_broken.jpg", "p/b_blank.png"]
+    assert (tmp_path / "dst/p/a_broken.jpg").read_bytes() == b"not a jpeg"
+
+
+def test_mask_writes_then_renames(tmp_path, monkeypatch):
+    """A run killed while writing left a truncated image at the destination, which decodes without an error."""
+    src = tmp_path / "src" / "p"
+    src.mkdir(parents=True)
+    cv2.imwrite(str(src / "blank.jpg"), np.random.default_rng(0).integers(0, 255, (80, 80, 3), dtype=np.uint8))
+
+    def killed(self, data):
+        Path.write_text(self, "half")  # what was on disk when the process died
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_bytes", killed)
+    with pytest.raises(KeyboardInterrupt):
+        mask_folder(tmp_path / "src", tmp_path / "dst")
+    assert not (tmp_path / "dst/p/blank.jpg").exists()
+    monkeypatch.undo()
+    n, skipped = mask_folder(tmp_path / "src", tmp_path / "dst")  # a rerun replaces the leftover
+    assert skipped == ["p/blank.jpg"]
+    assert (tmp_path / "dst/p/blank.jpg").read_bytes() == (src / "blank.jpg").read_bytes()
+
+
+def test_bad_masks_folder_is_an_error_not_a_hang(tmp_path):
+    """MaskSynth raised in every cache worker's initializer, which multiprocessing restarts forever."""
+    import subprocess
+    import sys
+    code = ("from maskfr.training import cache as fc; from maskfr.training.data import Sample; "
+            f"fc.build([Sample('/x/a.jpg', 'a')], {str(tmp_path / 'c.npz')!r}, {str(tmp_path / 'nomasks')!r})")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("fc.build hung on a masks folder without templates")
+    assert out.returncode == 1 and "no MaskTheFace templates in" in out.stderr.splitlines()[-1]
+    assert not list(tmp_path.glob("c.*"))

@@ -13,11 +13,11 @@ fractions of the box in edge coordinates (pixel i spans [i, i+1)), ArcFace order
 ``--points 68`` trains on all 68 of dlib's points instead (jaw, brows, eye contours: the shape a mask
 leaves visible, benchmarks/RESULTS.md "How much of the hidden points the rest of the face tells"); the five
 are then computed from them as the reference computes them (:func:`five_of`), inside the exported graph, so
-the ONNX file has the same input and output either way. With a 512-unit hidden layer (``--hidden 512``) it
-places the five better than the packaged 5-point net (with the default 128 units, worse; a 5-point net with
-that head does as well), but the recogniser does no better on its crops, so the packaged LNet is still the
-5-point one (RESULTS, same section). ``--size`` trains another input side on crops prepared at 1.5x it
-(``mtcnn prepare --face-side``; the detector reads the side from the file): 96x96 placed the points no better.
+the ONNX file has the same input and output either way. It needs the 512-unit hidden layer (with 128 it places
+the five worse than a 5-point net), and with it a 5-point net does as well, so the packaged LNet is a 5-point net
+with 512 units (RESULTS, same section and "A wider LNet head"). ``--size`` trains another input side on crops
+prepared at 1.5x it (``mtcnn prepare --face-side``; the detector reads the side from the file): 96x96 placed the
+points no better.
 """
 from __future__ import annotations
 
@@ -40,10 +40,10 @@ def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 class LNet(nn.Module):
     """Plain conv stack down to 4x4 pixels, then two linear layers (positions need the spatial map,
-    so no global pooling). At the packaged 64x64: ~1.1 M parameters, ~34 M multiply-adds per face;
+    so no global pooling). At the packaged 64x64: ~2.7 M parameters, ~36 M multiply-adds per face;
     a larger ``size`` gets extra stride-2 blocks until the map is 4x4 again (same head)."""
 
-    def __init__(self, width: int = 32, points: int = 5, hidden: int = 128, size: int = INPUT) -> None:
+    def __init__(self, width: int = 32, points: int = 5, hidden: int = 512, size: int = INPUT) -> None:
         super().__init__()
         w = width
         blocks = [_block(3, w, 2), _block(w, 2 * w, 2), _block(2 * w, 2 * w, 1), _block(2 * w, 4 * w, 2),
@@ -181,7 +181,7 @@ def load(data_dir: str | Path, points: int = 5) -> tuple[np.ndarray, np.ndarray]
 
 def train(faces: np.ndarray, lm: np.ndarray, epochs: int = 30, lr: float = 2e-3, batch: int = 128,
           out_dir: str | Path = CACHE / "lnet", seed: int = 0, init: str | Path | None = None,
-          width: int = 32, hidden: int = 128, size: int | None = None) -> LNet:
+          width: int = 32, hidden: int = 512, size: int | None = None) -> LNet:
     """AdamW, learning rate warmed up then cosine-decayed; resumes from the per-epoch checkpoint in ``out_dir``.
 
     ``lm`` (N, P, 2) holds 5 or 68 points per face, and the net answers as many; its input side ``size``
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--width", type=int, default=32, help="channels of the first conv (the packaged net: 32)")
     ap.add_argument("--points", type=int, choices=[5, 68], default=5,
                     help="train on dlib's 5 or 68 points (the ONNX file answers 5 either way)")
-    ap.add_argument("--hidden", type=int, default=128, help="units of the hidden linear layer (packaged: 128)")
+    ap.add_argument("--hidden", type=int, default=512, help="units of the hidden linear layer (packaged: 512)")
     ap.add_argument("--size", type=int, help="input side (packaged: 64); default: the prepared crops' / 1.5")
     ap.add_argument("--ckpt-dir", default=str(CACHE / "lnet"))
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "sdk" / "models" / "mtcnn_lnet.onnx"))

@@ -56,9 +56,12 @@ def cmd_eval(a: argparse.Namespace) -> int:
     need = sorted({p.a for p in pairs} | {p.b for p in pairs})
     wanted = set(need)
     people = sorted({Path(p).parent.name for p in need})
-    # an existing cache is only checked: it must hold every image of these pairs
-    fc.build([s for s in LFW(a.lfw).samples(people) if s.path in wanted], cache_path, a.masks,
-             **MASK_STYLES[a.mask_style])
+    samples = [s for s in LFW(a.lfw).samples(people) if s.path in wanted]  # an existing cache must hold these
+    if a.cache is None and a.mask_style == "mixed" and not cache_path.exists():
+        # masks are seeded by cache row: the default mixed cache is training's (all of LFW, in its order), so the
+        # masks, and the README's figures, are the same whichever command builds it
+        samples = LFW(a.lfw).samples()
+    fc.build(samples, cache_path, a.masks, **MASK_STYLES[a.mask_style])
     cache = fc.load(cache_path)
     rows = np.flatnonzero(np.isin(cache["path"], need))
     sub = {k: v[rows] for k, v in cache.items()}

@@ -35,7 +35,7 @@ STAGES = ("inpaint", "reformer", "classifier")
 
 
 def load_config(path: str | Path) -> dict:
-    """A config is a Python file defining ``config = dict(...)``."""
+    """A config is a Python file defining ``config = dict(...)``; unknown keys and wrong types are refused."""
     # a file not ending in .py got no loader (AttributeError on None), one without `config` an AttributeError
     spec = importlib.util.spec_from_file_location("maskfr_config", path) if str(path).endswith(".py") else None
     if spec is None:
@@ -44,7 +44,9 @@ def load_config(path: str | Path) -> dict:
     spec.loader.exec_module(mod)
     if not isinstance(getattr(mod, "config", None), dict):
         raise ValueError(f"config {path}: defines no config = dict(...)")
-    return dict(mod.config)
+    cfg = dict(mod.config)
+    check_config(cfg)  # checked again after any --set
+    return cfg
 
 
 # Every key a config may hold, with its type (float takes ints too): train.py reads them with .get() or [], so a

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -62,9 +63,32 @@ struct Staging {
     }
 };
 
+// One per device: the buffers belong to the device that was current when they were allocated, and a
+// caller may switch devices (one process feeding several GPUs) between calls.
 Staging& staging() {
-    static Staging* s = new Staging();  // never destroyed: freeing CUDA memory at exit is unsafe
-    return *s;
+    int device = 0;
+    MFR_CUDA_CHECK(cudaGetDevice(&device));
+    static std::mutex mutex;
+    static auto* all = new std::map<int, Staging>();  // never destroyed: freeing CUDA memory at exit is unsafe
+    std::lock_guard<std::mutex> lock(mutex);
+    return (*all)[device];  // map nodes never move: the reference stays valid
+}
+
+// The kernels of one batch, in grid-y slices of at most 65535 faces.
+void launch(const FaceJob* d_jobs, std::size_t n_jobs, int size, bool half, std::uintptr_t out, cudaStream_t stream) {
+    const int threads = 256;
+    const int plane = size * size;
+    const int vec_end = size - size % kOpenCvLanes;
+    constexpr int kMaxGridY = 65535;
+    for (int face0 = 0; face0 < static_cast<int>(n_jobs); face0 += kMaxGridY) {
+        const dim3 grid((plane + threads - 1) / threads, std::min<int>(kMaxGridY, static_cast<int>(n_jobs) - face0));
+        if (half) {
+            warp_kernel<__half><<<grid, threads, 0, stream>>>(d_jobs, face0, size, vec_end, reinterpret_cast<__half*>(out));
+        } else {
+            warp_kernel<float><<<grid, threads, 0, stream>>>(d_jobs, face0, size, vec_end, reinterpret_cast<float*>(out));
+        }
+        MFR_CUDA_CHECK(cudaGetLastError());
+    }
 }
 
 constexpr std::size_t align_up(std::size_t v) { return (v + 255) & ~static_cast<std::size_t>(255); }
@@ -105,20 +129,12 @@ void preprocess(const std::vector<HostFrame>& frames, std::vector<FaceJob> jobs,
     }
     std::memcpy(host, jobs.data(), jobs.size() * sizeof(FaceJob));
     MFR_CUDA_CHECK(cudaMemcpyAsync(device, host, total, cudaMemcpyHostToDevice, stream));
-
-    const int threads = 256;
-    const int plane = size * size;
-    const int vec_end = size - size % kOpenCvLanes;
-    const auto* d_jobs = reinterpret_cast<const FaceJob*>(device);
-    constexpr int kMaxGridY = 65535;
-    for (int face0 = 0; face0 < static_cast<int>(jobs.size()); face0 += kMaxGridY) {
-        const dim3 grid((plane + threads - 1) / threads, std::min<int>(kMaxGridY, static_cast<int>(jobs.size()) - face0));
-        if (half) {
-            warp_kernel<__half><<<grid, threads, 0, stream>>>(d_jobs, face0, size, vec_end, reinterpret_cast<__half*>(out));
-        } else {
-            warp_kernel<float><<<grid, threads, 0, stream>>>(d_jobs, face0, size, vec_end, reinterpret_cast<float*>(out));
-        }
-        MFR_CUDA_CHECK(cudaGetLastError());
+    try {
+        launch(reinterpret_cast<const FaceJob*>(device), jobs.size(), size, half, out, stream);
+    } catch (...) {
+        // the copy is queued: the next call must still wait for it before rewriting the pinned buffer
+        cudaEventRecord(s.done, stream);
+        throw;
     }
     MFR_CUDA_CHECK(cudaEventRecord(s.done, stream));
 }

@@ -47,30 +47,30 @@ from maskfr.training.embedders import l2n, onnx_embedder
 from maskfr.training.evaluate import SETTINGS, TABLE_HEADER, evaluate, lfw_pairs, markdown_rows, pair_index
 from maskfr.training.masks import MaskSynth
 
-#: frame (RGB) -> every face found, as (box l, t, r, b; embedding)
-Pipeline = Callable[[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]
+#: frame (RGB) -> every face found, as (box l, t, r, b; embedding; mask flag, None where not known)
+Pipeline = Callable[[np.ndarray], list[tuple[np.ndarray, np.ndarray, bool | None]]]
 
 
 def maskfr_pipeline(rec: FaceRecognizer, seen: dict | None = None) -> Pipeline:
     """What a user runs; ``seen`` keeps the last frame and its faces for :func:`same_faces_pipeline`."""
-    def run(rgb: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    def run(rgb: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, bool | None]]:
         bgr = np.ascontiguousarray(rgb[..., ::-1])
         faces = rec.analyze([bgr])[0]
         if seen is not None:
             seen.update(rgb=rgb, bgr=bgr, faces=faces)
-        return [(f.box, f.embedding) for f in faces]
+        return [(f.box, f.embedding, f.masked) for f in faces]
     return run
 
 
 def same_faces_pipeline(rec: FaceRecognizer, seen: dict) -> Pipeline:
     """Another model on the faces the leading :func:`maskfr_pipeline` found in this same frame (it runs first)."""
-    def run(rgb: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    def run(rgb: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, bool | None]]:
         if seen.get("rgb") is not rgb:
             raise RuntimeError("the leading pipeline must run first on each frame")
         if not seen["faces"]:
             return []
         crops = np.stack([align_face(seen["bgr"], f.landmarks) for f in seen["faces"]])
-        return list(zip([f.box for f in seen["faces"]], rec.embed(crops, aligned=True)))
+        return [(f.box, e, f.masked) for f, e in zip(seen["faces"], rec.embed(crops, aligned=True))]
     return run
 
 
@@ -78,10 +78,10 @@ def face_recognition_pipeline() -> Pipeline:
     """What `face_recognition.face_encodings(image)` does, with the boxes kept to match faces."""
     import face_recognition as fr
 
-    def run(rgb: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    def run(rgb: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, bool | None]]:
         locs = fr.face_locations(rgb)  # (top, right, bottom, left), HOG, upsampled once
         encs = fr.face_encodings(rgb, known_face_locations=locs)
-        return [(np.array([l, t, r, b], np.float32), e) for (t, r, b, l), e in zip(locs, encs)]
+        return [(np.array([l, t, r, b], np.float32), e, None) for (t, r, b, l), e in zip(locs, encs)]
     return run
 
 
@@ -95,6 +95,7 @@ def run_pipelines(pipelines: dict[str, Pipeline], paths: list[str], index: np.nd
     leaders = [k for k in pipelines if k not in followers]
     out = {k: {"emb": {m: np.zeros((len(paths), dim[k]), np.float32) for m in (False, True)},
                "found": {m: np.zeros(len(paths), bool) for m in (False, True)},
+               "flag": {m: np.full(len(paths), -1, np.int8) for m in (False, True)},  # mask flag, -1 not known
                "seconds": {False: [], True: []}} for k in pipelines}
     for i, (p, idx) in enumerate(tqdm(list(zip(paths, index)), desc="pipelines", unit="img")):
         f = fc.masked_frame(p, int(idx), synth)
@@ -115,19 +116,21 @@ def run_pipelines(pipelines: dict[str, Pipeline], paths: list[str], index: np.nd
                 out[k]["seconds"][masked].append(time.perf_counter() - t)
                 if not faces:
                     continue
-                box, emb = min(faces, key=lambda x: _centre_dist(x[0], rgb.shape))
+                box, emb, flag = min(faces, key=lambda x: _centre_dist(x[0], rgb.shape))
                 if box_iou(ref_box, box[None])[0] >= 0.5:
                     out[k]["emb"][masked][i], out[k]["found"][masked][i] = emb, True
+                    out[k]["flag"][masked][i] = -1 if flag is None else int(flag)
     return out
 
 
-def fixed_threshold_accuracy(r: dict, sub: dict, pairs: list, same_if: Callable[[np.ndarray, np.ndarray], np.ndarray]
-                               ) -> dict[str, float]:
-    """Accuracy per setting when the pipeline decides with its own fixed threshold (a missing face: 'different')."""
+def fixed_threshold_accuracy(r: dict, sub: dict, pairs: list, same_if: Callable[..., np.ndarray]) -> dict[str, float]:
+    """Accuracy per setting when the pipeline decides with its own threshold(s) (a missing face: 'different');
+    ``same_if(emb_a, emb_b, flag_a, flag_b)``, the flags being each face's mask flag (-1: not known)."""
     ia, ib, same, _ = pair_index(pairs, sub["path"])
     acc = {}
     for setting, (ma, mb) in SETTINGS.items():
-        says = same_if(r["emb"][ma][ia], r["emb"][mb][ib]) & r["found"][ma][ia] & r["found"][mb][ib]
+        says = same_if(r["emb"][ma][ia], r["emb"][mb][ib], r["flag"][ma][ia], r["flag"][mb][ib]) \
+            & r["found"][ma][ia] & r["found"][mb][ib]
         acc[setting] = float(np.mean(says == same))
     return acc
 
@@ -194,11 +197,15 @@ def main() -> None:
             k, f"{k}, FaceRecognizer on {name}'s faces (ms: embedding only)")
         rep = evaluate(lambda m, r=r: l2n(r["emb"][m]), run, pairs, a.out, label)
         lines += markdown_rows(rep)
-        if k in recs:  # each of the model's recommended thresholds (the runtime's default is FAR 1e-3's)
-            rules = {f"{far}: similarity >= {t:.4f}": (lambda x, y, t=t: np.sum(x * y, axis=1) >= t)
-                     for far, t in sorted(recs[k].thresholds.items())}
+        if k in recs:  # each of the model's pooled thresholds, then what the runtime does: one per mask condition
+            rules = {f"{far}: similarity >= {t:.4f}": (lambda x, y, *_, t=t: np.sum(x * y, axis=1) >= t)
+                     for far, t in sorted(recs[k].thresholds.items()) if "," not in far}
+            if any("," in far for far in recs[k].thresholds):
+                rules["far=1e-3 per mask condition, from each face's mask flag: the runtime's default"] = \
+                    lambda x, y, fx, fy, rec=recs[k]: np.sum(x * y, axis=1) >= np.array(
+                        [rec.threshold_for(*(None if v < 0 else bool(v) for v in f)) for f in zip(fx, fy)])
         else:
-            rules = {"distance <= 0.6": lambda x, y: np.linalg.norm(x - y, axis=1) <= 0.6}
+            rules = {"distance <= 0.6": lambda x, y, *_: np.linalg.norm(x - y, axis=1) <= 0.6}
         ms = [1e3 * float(np.median(r["seconds"][m])) for m in (False, True)]
         found = f"{r['found'][False].sum()} / {r['found'][True].sum()} of {sub['found'].sum()}"
         for rule, same_if in rules.items():

@@ -127,7 +127,11 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="maskfr", description="Masked face recognition SDK")
+    p = argparse.ArgumentParser(prog="maskfr", description="Masked face recognition SDK", epilog="Exit codes: 0 ok "
+                                "(same person, identified), 1 no (not the same person, nobody identified; embed: an "
+                                "image without a face), 2 bad input (verify: an image without a face) or a missing "
+                                "component; with --json a failure prints "
+                                '{"error": ..., "exit_code": 2}.')
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("mask", help="make a masked copy of a root/<identity>/*.jpg dataset folder")
     m.add_argument("src")
@@ -183,16 +187,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# the extras each command needs beyond the runtime's own install
+EXTRAS = {"mask": "train", "eval": "train", "thresholds": "train", "train": "train", "export": "train,export",
+          "quantize": "export", "build-engine": "export,trt", "export-triton": "export"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
+    except ModuleNotFoundError as exc:  # a command whose extra is not installed: say which, not a traceback
+        if args.cmd not in EXTRAS:
+            raise
+        message = f"{exc.name} is not installed; this command needs pip install 'maskfr[{EXTRAS[args.cmd]}]'"
     except (ValueError, OSError, KeyError) as exc:
         # OSError (a file given as a folder, an unreadable image, a full disk) is bad input, not "no match";
         # KeyError's str() would add quotes
-        print(f"maskfr {args.cmd}: error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}",
-              file=sys.stderr)
-        return 2
+        message = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+    print(f"maskfr {args.cmd}: error: {message}", file=sys.stderr)
+    if getattr(args, "json", False):  # scripts reading --json get an object for failures too
+        print(json.dumps({"error": message, "exit_code": 2}))
+    return 2
 
 
 if __name__ == "__main__":

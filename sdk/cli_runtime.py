@@ -142,7 +142,7 @@ def cmd_identify(a: argparse.Namespace) -> int:
     for img in a.images:
         res = rec.identify(img, gallery, a.top_k)
         found |= any(r.identity for r in res)
-        out.append({"image": img, "faces": [dict(_face_json(r.face), identity=r.identity,
+        out.append({"image": img, "faces": [dict(_face_json(r.face), identity=r.identity, threshold=r.threshold,
                     matches=[{"identity": m.identity, "similarity": round(m.similarity, 6)} for m in r.matches])
                     for r in res]})
     if a.json:
@@ -377,7 +377,7 @@ def add_runtime_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--aligned", action="store_true", help="images are aligned 112x112 crops")
     p.add_argument("--out", help="write all embeddings to this .npy")
     common(p)
-    p = add("verify", cmd_verify, "are the largest faces of two images the same person? (exit 0 yes, 1 no)")
+    p = add("verify", cmd_verify, "are the largest faces of two images the same person? (exit 0 yes, 1 no, 2 bad input or no face)")
     p.add_argument("a")
     p.add_argument("b")
     common(p, threshold=True)

@@ -6,7 +6,8 @@ exact faiss ``IndexFlatIP`` when asked for, or automatically from ``FAISS_MIN_SI
 when faiss is installed (see the measurements there). Both give the same ranking.
 
 Files are a ``.npz`` read with ``allow_pickle=False`` holding a JSON header (format name,
-version, model version, sizes), the embeddings, a label per embedding and the identity names;
+version, model version, sizes), the embeddings, a label and a mask flag per embedding (files written before
+the flags read as "not known") and the identity names;
 :meth:`Gallery.save` writes a temp file in the same folder and ``os.replace``-s it, so a crash
 mid-save leaves the previous gallery intact.
 """
@@ -19,6 +20,7 @@ import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,6 +47,10 @@ def _file_mode(path: Path) -> int:
     return 0o644
 
 
+def _flag(v: int) -> bool | None:
+    return None if v < 0 else bool(v)
+
+
 class GalleryFormatError(ValueError):
     """The file is not a maskfr gallery, or it is damaged, truncated or from a newer version."""
 
@@ -53,6 +59,7 @@ class GalleryFormatError(ValueError):
 class Match:
     identity: str
     similarity: float
+    masked: bool | None = None  # the best template's mask flag (None: not recorded), for mask-aware thresholds
 
 
 def _faiss():
@@ -74,6 +81,7 @@ class Gallery:
         self.dim, self.model_version, self.index = dim, model_version, index
         self._emb = np.zeros((0, dim), np.float32)
         self._label = np.zeros(0, np.int64)
+        self._masked = np.zeros(0, np.int8)  # per template: 1 masked, 0 not, -1 not recorded
         self._names: list[str] = []
         self._lock = threading.RLock()
         self._faiss_index = None
@@ -93,12 +101,20 @@ class Gallery:
     def n_templates(self) -> int:
         return len(self._emb)
 
-    def add(self, identity: str, embeddings: np.ndarray) -> None:
-        """Enrol one or more embeddings (D,) or (N, D) for ``identity`` (new or existing)."""
+    def add(self, identity: str, embeddings: np.ndarray, masked: Any = None) -> None:
+        """Enrol one or more embeddings (D,) or (N, D) for ``identity`` (new or existing).
+
+        ``masked``: whether each face wore a mask (one bool, or one per embedding; None: not known), so that
+        :meth:`FaceRecognizer.identify` can apply the threshold of the right comparison condition.
+        """
         e = np.asarray(embeddings, np.float32)
         e = e[None] if e.ndim == 1 else e
         if e.ndim != 2 or e.shape[1] != self.dim or len(e) == 0:
             raise ValueError(f"embeddings must be (N, {self.dim}) with N >= 1, got {e.shape}")
+        masked = [masked] * len(e) if masked is None or isinstance(masked, (bool, np.bool_)) else list(masked)
+        if len(masked) != len(e):
+            raise ValueError(f"masked must be one flag or one per embedding ({len(e)}), got {len(masked)}")
+        flags = np.array([-1 if m is None else int(bool(m)) for m in masked], np.int8)
         if not np.isfinite(e).all():
             raise ValueError("embeddings contain NaN or inf")
         if not identity or not isinstance(identity, str):
@@ -110,13 +126,14 @@ class Gallery:
             k = self._names.index(identity)
             self._emb = np.concatenate([self._emb, e])
             self._label = np.concatenate([self._label, np.full(len(e), k, np.int64)])
+            self._masked = np.concatenate([self._masked, flags])
             self._faiss_index = None
 
     def remove(self, identity: str) -> None:
         with self._lock:
             k = self._require(identity)
             keep = self._label != k
-            self._emb, self._label = self._emb[keep], self._label[keep]
+            self._emb, self._label, self._masked = self._emb[keep], self._label[keep], self._masked[keep]
             self._label[self._label > k] -= 1
             del self._names[k]
             self._faiss_index = None
@@ -153,7 +170,7 @@ class Gallery:
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"queries must be (M, {self.dim}), got {q.shape}")
         with self._lock:  # arrays are replaced, never edited in place, so a snapshot stays valid
-            emb, label, names, use = self._emb, self._label, list(self._names), self.backend()
+            emb, label, flag, names, use = self._emb, self._label, self._masked, list(self._names), self.backend()
             if use == "faiss" and self._faiss_index is None:
                 self._faiss_index = _faiss().IndexFlatIP(self.dim)
                 self._faiss_index.add(emb)
@@ -171,16 +188,16 @@ class Gallery:
             sims = np.take_along_axis(s, idx, 1)
         if kt == k:  # one template per identity: no per-identity reduction needed
             order = np.argsort(-sims, axis=1, kind="stable")
-            return [[Match(names[label[i]], float(v)) for v, i in zip(srow[o], irow[o])]
+            return [[Match(names[label[i]], float(v), _flag(flag[i])) for v, i in zip(srow[o], irow[o])]
                     for srow, irow, o in zip(sims, idx, order)]
         out = []
         for srow, irow in zip(sims, idx):
-            best: dict[int, float] = {}
+            best: dict[int, tuple[float, int]] = {}  # identity -> (similarity, template) of its best template
             for sv, iv in zip(srow, irow):
-                if iv >= 0 and sv > best.get(label[iv], -np.inf):
-                    best[int(label[iv])] = float(sv)
-            ranked = sorted(best.items(), key=lambda t: (-t[1], t[0]))[:k]
-            out.append([Match(names[i], s) for i, s in ranked])
+                if iv >= 0 and sv > best.get(label[iv], (-np.inf, -1))[0]:
+                    best[int(label[iv])] = (float(sv), int(iv))
+            ranked = sorted(best.items(), key=lambda t: (-t[1][0], t[0]))[:k]
+            out.append([Match(names[i], s, _flag(flag[t])) for i, (s, t) in ranked])
         return out
 
     # -- files ---------------------------------------------------------------------------
@@ -191,7 +208,7 @@ class Gallery:
             header = {"format": FORMAT, "version": VERSION, "dim": self.dim, "model_version": self.model_version,
                       "n_identities": len(self._names), "n_templates": len(self._emb)}
             arrays = {"header": np.frombuffer(json.dumps(header).encode(), np.uint8),
-                      "embeddings": self._emb, "labels": self._label,
+                      "embeddings": self._emb, "labels": self._label, "masked": self._masked,
                       "names": np.frombuffer(json.dumps(self._names).encode(), np.uint8)}
             fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
             try:
@@ -223,6 +240,8 @@ class Gallery:
                     raise GalleryFormatError(f"{path}: gallery format version {header['version']} is newer than "
                                              f"this maskfr supports ({VERSION}); upgrade maskfr")
                 emb, labels = z["embeddings"], z["labels"]
+                # galleries saved before mask flags were recorded: not known
+                flags = z["masked"] if "masked" in z.files else np.full(len(labels), -1, np.int8)
                 names = json.loads(z["names"].tobytes())
         except GalleryFormatError:
             raise
@@ -233,9 +252,10 @@ class Gallery:
             raise GalleryFormatError(f"{path}: damaged gallery (identity names are not a list of strings)")
         n = len(names)
         if (emb.ndim != 2 or emb.shape != (header.get("n_templates"), header.get("dim")) or emb.dtype != np.float32
-                or labels.shape != (len(emb),) or n != header.get("n_identities")
+                or labels.shape != (len(emb),) or flags.shape != (len(emb),) or flags.dtype != np.int8
+                or n != header.get("n_identities")
                 or (len(labels) and (labels.min() < 0 or labels.max() >= n)) or len(set(names)) != n):
             raise GalleryFormatError(f"{path}: damaged gallery (arrays disagree with the header)")
         g = cls(int(header["dim"]), str(header.get("model_version", "")), index)
-        g._emb, g._label, g._names = emb, labels.astype(np.int64), list(names)
+        g._emb, g._label, g._masked, g._names = emb, labels.astype(np.int64), flags, list(names)
         return g

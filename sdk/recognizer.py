@@ -24,7 +24,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -79,10 +79,12 @@ class VerifyResult:
 
 @dataclass
 class Identification:
-    """A face and its best gallery matches; ``identity`` is the top match if it clears the threshold."""
+    """A face and its best gallery matches; ``identity`` is the top match if it clears ``threshold`` (the one
+    for this comparison's condition, :meth:`FaceRecognizer.threshold_for`)."""
     face: Face
     matches: list[Match] = field(default_factory=list)
     identity: str | None = None
+    threshold: float | None = None
 
 
 def _check_channels(channels: str) -> None:
@@ -248,7 +250,8 @@ class FaceRecognizer:
     model: .onnx file or TensorRT engine (default: the packaged ``models/g2d_student.onnx``).
     detector: any object with ``detect(frame_bgr) -> list`` of items with ``box``, ``score``,
     ``landmarks`` (5, 2); default ``maskfr.detector.FaceDetector``, created on first use.
-    threshold: similarity for "same person" (default: the model's recommended one at FAR 1e-3).
+    threshold: similarity for "same person", for every comparison (default: the model's recommended ones at FAR
+    1e-3, one per condition when both faces' mask flags are known: :meth:`threshold_for`).
     threads: ONNX Runtime threads for the default detector and an ONNX model (default: one per core).
     min_face: smallest face side the default detector looks for, in pixels (default: the detector's, 20); 12
     finds faces down to an eye distance of ~9 pixels at about twice the detection time (benchmarks/RESULTS.md,
@@ -333,9 +336,10 @@ class FaceRecognizer:
                 f.mask_score = float(probs[i])
                 f.masked = bool(probs[i] >= self.mask_classifier.threshold)
 
-    def analyze(self, frames: Iterable[Any]) -> list[list[Face]]:
-        """Detect every face in every frame, then embed and mask-classify them all in batches."""
-        imgs = [load_image(f, self.channels) for f in frames]
+    def analyze(self, frames: Any) -> list[list[Face]]:
+        """Detect every face in every frame (one image or a list, as for :meth:`embed`), then embed and
+        mask-classify them all in batches; one list of faces per frame."""
+        imgs = [load_image(f, self.channels) for f in _image_list(frames)]
         per_frame = [self._detect(img, i) for i, img in enumerate(imgs)]
         flat = [f for faces in per_frame for f in faces]
         if flat:
@@ -369,27 +373,47 @@ class FaceRecognizer:
         return faces[0]
 
     # -- verification and identification ----------------------------------------------------
+    def threshold_for(self, masked_a: bool | None, masked_b: bool | None) -> float:
+        """The threshold for comparing a face with these mask flags against another (None: not known).
+
+        Masked faces look more alike to each other than bare ones: at the one threshold calibrated on all
+        comparisons pooled, masked-masked impostors pass 2-3x the target FAR while unmasked and masked-unmasked
+        comparisons get a stricter one than they need (benchmarks/RESULTS.md, "Thresholds per mask
+        condition"). So when both flags are known and the model carries per-condition thresholds
+        (``far=1e-3,u-u`` / ``,m-u`` / ``,m-m``), that condition's one is used; otherwise, or when a threshold
+        was given, :attr:`threshold`.
+        """
+        if self._threshold is not None or masked_a is None or masked_b is None:
+            return self.threshold
+        cond = "m-m" if masked_a and masked_b else "m-u" if masked_a or masked_b else "u-u"
+        return float(self.thresholds.get(f"{DEFAULT_FAR},{cond}", self.threshold))
+
     def verify(self, a: Any, b: Any, threshold: float | None = None) -> VerifyResult:
-        """Are the largest faces of ``a`` and ``b`` the same person? (each may also be an embedding)."""
-        ea, eb = (self._as_embedding(x, n) for x, n in ((a, "first image"), (b, "second image")))
-        t = self.threshold if threshold is None else threshold
+        """Are the largest faces of ``a`` and ``b`` the same person? (each may also be an embedding, whose mask
+        flag is then not known: :meth:`threshold_for`)."""
+        (ea, ma), (eb, mb) = (self._as_embedding(x, n) for x, n in ((a, "first image"), (b, "second image")))
+        t = self.threshold_for(ma, mb) if threshold is None else threshold
         s = float(ea @ eb)
         return VerifyResult(s, s >= t, t)
 
-    def _as_embedding(self, x: Any, what: str) -> np.ndarray:
+    def _as_embedding(self, x: Any, what: str) -> tuple[np.ndarray, bool | None]:
+        """The embedding and mask flag of an image's largest face, or of a given embedding (flag not known)."""
         if isinstance(x, np.ndarray) and x.ndim == 1:
-            return x / max(float(np.linalg.norm(x)), 1e-12)
-        return self.face(x, what).embedding
+            return x / max(float(np.linalg.norm(x)), 1e-12), None
+        if isinstance(x, Face):
+            return x.embedding, x.masked
+        f = self.face(x, what)
+        return f.embedding, f.masked
 
     def enroll(self, gallery: Gallery, identity: str, images: Any) -> int:
         """Add the largest face of each image to ``identity``; returns how many were enrolled.
 
         images: one image or a list, as for :meth:`embed`."""
         self._check_gallery(gallery)
-        embs = [faces[0].embedding for faces in self.analyze(_image_list(images)) if faces]
-        if embs:
-            gallery.add(identity, np.stack(embs))
-        return len(embs)
+        faces = [faces[0] for faces in self.analyze(_image_list(images)) if faces]
+        if faces:
+            gallery.add(identity, np.stack([f.embedding for f in faces]), masked=[f.masked for f in faces])
+        return len(faces)
 
     def identify(self, frame: Any, gallery: Gallery, top_k: int = 1,
                  threshold: float | None = None) -> list[Identification]:
@@ -398,10 +422,11 @@ class FaceRecognizer:
         faces = self.analyze([frame])[0]
         if not faces:
             return []
-        t = self.threshold if threshold is None else threshold
-        results = gallery.search(np.stack([f.embedding for f in faces]), top_k)
-        return [Identification(f, m, m[0].identity if m and m[0].similarity >= t else None)
-                for f, m in zip(faces, results)]
+        out = []
+        for f, m in zip(faces, gallery.search(np.stack([f.embedding for f in faces]), top_k)):
+            t = threshold if threshold is not None else self.threshold_for(f.masked, m[0].masked if m else None)
+            out.append(Identification(f, m, m[0].identity if m and m[0].similarity >= t else None, t))
+        return out
 
     def new_gallery(self, index: str = "auto") -> Gallery:
         return Gallery(self._dim(), self.model_version, index)

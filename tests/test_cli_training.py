@@ -190,3 +190,15 @@ def test_eval_builds_the_training_cache_for_mixed_masks(tmp_path, capsys, monkey
             main(["eval", "--lfw", str(lfw), "--folds", "1-2", "--masks", str(tmp_path), "--mask-style", style])
     assert built["lfw.npz"] == [s.path for s in LFW(lfw).samples()] and len(built["lfw.npz"]) == 7
     assert len(built["lfw-procedural.npz"]) == 6 and not any("Cy_C_0002" in p for p in built["lfw-procedural.npz"])
+
+
+def test_missing_extra_names_the_pip_command(tmp_path, monkeypatch, capsys):
+    """`maskfr mask` after the runtime-only install: which extra to install, not a ModuleNotFoundError traceback."""
+    import maskfr.training.mask_folder as mf
+
+    def no_dlib(*args, **kw):
+        raise ModuleNotFoundError("No module named 'dlib'", name="dlib")
+
+    monkeypatch.setattr(mf, "mask_folder", no_dlib)
+    rc, err = _run(capsys, "mask", tmp_path / "a", tmp_path / "b")
+    assert rc == 2 and "dlib is not installed; this command needs pip install 'maskfr[train]'" in err

@@ -80,7 +80,8 @@ def test_recommended_thresholds_pool_masked_and_unmasked():
     cache, clean, masked = _fake_cache(n_people=60, per=4)
     rep = recommended_thresholds(lambda m: masked if m else clean, cache)
     thr = rep["thresholds"]
-    assert set(thr) == {"far=1e-2", "far=1e-3"} and thr["far=1e-2"] <= thr["far=1e-3"]
+    conditions = {f"{far},{c}" for far in ("far=1e-2", "far=1e-3") for c in ("u-u", "m-u", "m-m")}
+    assert set(thr) == {"far=1e-2", "far=1e-3"} | conditions and thr["far=1e-2"] <= thr["far=1e-3"]
     assert rep["faces"] == 240 and rep["identities"] == 60
     # every pair among the 480 embeddings: masked and unmasked copies of a face are one identity
     emb = np.concatenate([clean, masked])
@@ -90,6 +91,13 @@ def test_recommended_thresholds_pool_masked_and_unmasked():
     assert rep["impostor_pairs"] == len(impostor) and rep["genuine_pairs"] == int((lab[i] == lab[j]).sum())
     assert (impostor >= thr["far=1e-3"]).mean() <= 1e-3 + 1e-4  # thresholds are rounded to 4 decimals
     assert (impostor >= thr["far=1e-2"]).mean() <= 1e-2 + 1e-4
+    # per condition: each threshold meets its FAR on that condition's impostors (every ordered pair of
+    # different people's faces; the thresholds come from a random sample of them)
+    same = lab[:240, None] == lab[None, :240]
+    for c, x, y in (("u-u", clean, clean), ("m-u", masked, clean), ("m-m", masked, masked)):
+        imp = (x @ y.T)[~same]
+        for far in (1e-2, 1e-3):
+            assert (imp >= thr[f"far={far:.0e}".replace("e-0", "e-") + f",{c}"]).mean() <= far * 1.25, (c, far)
 
 
 def test_embedding_cache_keyed_by_pixels(tmp_path, monkeypatch):

@@ -197,3 +197,22 @@ def test_concurrent_search_and_edits(gal):
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(churn, range(32)))
     assert len(gal) == 20 and [gal.search(x, 3) for x in q] == serial
+
+
+def test_mask_flags_are_kept_and_old_files_read_as_unknown(tmp_path):
+    g = Gallery(4)
+    e = np.eye(4, dtype=np.float32)
+    g.add("a", e[:2], masked=[True, False])
+    g.add("b", e[2], masked=True)
+    g.add("c", e[3])
+    with pytest.raises(ValueError, match="one per embedding"):
+        g.add("d", e[:2], masked=[True])
+    g.remove("a")
+    g.save(tmp_path / "g.npz")
+    h = Gallery.load(tmp_path / "g.npz")
+    assert [(m.identity, m.masked) for m in h.search(e[2] + e[3], 2)[0]] == [("b", True), ("c", None)]
+    h.add("a", e[:2], masked=[True, False])  # several templates per identity: the best one's flag
+    assert h.search(e[1], 1)[0][0] == gm.Match("a", 1.0, False)
+    with np.load(tmp_path / "g.npz") as z:  # a file written before the flags
+        np.savez(tmp_path / "old.npz", **{k: z[k] for k in z.files if k != "masked"})
+    assert [m.masked for m in Gallery.load(tmp_path / "old.npz").search(e[2], 2)[0]] == [None, None]

@@ -16,8 +16,13 @@ def test_default_model_ships_with_its_contract():
     assert json.loads(meta["input_size"]) == [112, 112] and meta["colour_order"] == "RGB"
     assert meta["embedding_size"] == "128" and not meta["model_version"].startswith("untrained")
     thr = rec.thresholds
-    assert set(thr) == {"far=1e-2", "far=1e-3"} and 0 < thr["far=1e-2"] < thr["far=1e-3"] < 1
-    assert rec.threshold == thr["far=1e-3"]  # the default operating point
+    assert 0 < thr["far=1e-2"] < thr["far=1e-3"] < 1
+    assert rec.threshold == thr["far=1e-3"]  # the operating point when a mask flag is not known
+    conditions = ("u-u", "m-u", "m-m")  # ... and one per mask condition when both are
+    assert set(thr) == {f"far=1e-{k}{c}" for k in (2, 3) for c in ("", *(f",{c}" for c in conditions))}
+    assert [rec.threshold_for(a, b) for a, b in ((False, False), (True, False), (True, True))] == \
+        [thr[f"far=1e-3,{c}"] for c in conditions]
+    assert thr["far=1e-3,m-m"] > thr["far=1e-3"] > thr["far=1e-3,m-u"]  # masked faces look alike
 
 
 def test_golden_embeddings_reproduce():

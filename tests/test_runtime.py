@@ -195,6 +195,7 @@ def test_enroll_one_image_and_file_errors_name_the_file(rec, model, tmp_path):
     assert rec.enroll(g, "alice", str(path)) == 1 and rec.enroll(g, "alice", frame) == 1
     assert rec.enroll(g, "alice", [path, frame]) == 2 and g.n_templates == 4
     assert rec.embed([], aligned=True).shape == rec.embed([]).shape == (0, 128)
+    assert len(rec.analyze(str(path))) == 1 and len(rec.analyze(str(path))[0]) == 1  # not walked char by char
     cv2.imwrite(str(tmp_path / "float.tiff"), frame.astype(np.float32) / 255)
     with pytest.raises(ImageError, match="float.tiff: .*dtype"):
         load_image(tmp_path / "float.tiff")
@@ -399,19 +400,20 @@ def test_cli_os_errors_and_bad_arguments_exit_2(cli, tmp_path, capsys):
     img = tmp_path / "a.png"
     cv2.imwrite(str(img), draw_faces([(1, 20, 30, 96)]))
     gal = tmp_path / "g.npz"
-    assert cli("enroll", gal, img, "--identity", "x") == (2, None)
+    rc, out = cli("enroll", gal, img, "--identity", "x")
+    assert rc == 2 and out["exit_code"] == 2 and "Not a directory" in out["error"]  # --json: failures too
     assert cli("enroll", tmp_path, img, "--identity", "x")[0] == 2
     assert cli("enroll", gal, tmp_path, "--identity", "x")[0] == 0
-    assert cli("identify", gal, img, "--top-k", "0") == (2, None)
-    assert cli("enroll", gal, "--identity", "x") == (2, None)  # used to be ignored, exit 0
-    assert cli("bench", "--gallery-size", "0", "--seconds", "0.01") == (2, None)
+    assert cli("identify", gal, img, "--top-k", "0")[0] == 2
+    assert cli("enroll", gal, "--identity", "x")[0] == 2  # used to be ignored, exit 0
+    assert cli("bench", "--gallery-size", "0", "--seconds", "0.01")[0] == 2
     root = tmp_path / "people"
     for k in range(2):
         (root / f"p{k}").mkdir(parents=True)
         for j in range(2):
             cv2.imwrite(str(root / f"p{k}" / f"{j}.png"), draw_faces([(k + 1, 30 + 10 * j, 40, 90)], jitter=j + 1))
     for far in ("0", "-1", "2"):
-        assert cli("calibrate", root, "--far", far) == (2, None)
+        assert cli("calibrate", root, "--far", far)[0] == 2
     empty = tmp_path / "nofaces"
     for k in range(2):
         (empty / f"p{k}").mkdir(parents=True)
@@ -509,3 +511,40 @@ def test_cli_demo_runs_offline(model, capsys, tmp_path):
     assert main(["demo", *args]) == rc  # the readable report
     text = capsys.readouterr().out
     assert "no face in coffee" in text and ("all correct" in text) == out["all_correct"]
+
+
+class _AllMasked:
+    """A mask classifier stand-in that calls every face masked."""
+    threshold = 0.5
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return np.ones(len(x))
+
+
+def test_thresholds_per_mask_condition(tmp_path):
+    """Masked-masked comparisons get their own (stricter) threshold, the others theirs, when both mask flags are
+    known; an unknown flag, an embedding or a threshold given by the caller fall back to one threshold."""
+    thr = {"far=1e-3": 0.8, "far=1e-3,u-u": 0.7, "far=1e-3,m-u": 0.75, "far=1e-3,m-m": 0.9}
+    model = make_model(tmp_path / "m.onnx", thresholds=thr)
+    rec = FaceRecognizer(model, detector=MarkerDetector(), mask_classifier=_AllMasked())
+    assert [rec.threshold_for(*m) for m in ((False, False), (True, False), (False, True), (True, True))] == \
+        [0.7, 0.75, 0.75, 0.9]
+    assert rec.threshold_for(None, True) == rec.threshold_for(True, None) == rec.threshold == 0.8
+    assert FaceRecognizer(model, detector=MarkerDetector(), threshold=0.5).threshold_for(True, True) == 0.5
+    pooled_only = FaceRecognizer(make_model(tmp_path / "p.onnx", thresholds={"far=1e-3": 0.8}), detector=MarkerDetector())
+    assert pooled_only.threshold_for(True, True) == 0.8
+
+    a, b = draw_faces([(1, 20, 30, 96)]), draw_faces([(1, 150, 60, 80)], jitter=3)
+    assert rec.verify(a, b).threshold == 0.9  # both faces masked
+    assert rec.verify(rec.embed(a)[0], b).threshold == 0.8  # an embedding: its flag is not known
+    fa = rec.face(a)
+    fa.masked = False
+    assert rec.verify(fa, b).threshold == 0.75
+
+    g = rec.new_gallery()
+    g.add("bare", rec.embed(a), masked=False)
+    hit = rec.identify(b, g)[0]
+    assert hit.matches[0].masked is False and hit.threshold == 0.75 and hit.identity == "bare"
+    assert rec.enroll(g, "masked", b) == 1 and g.search(rec.embed(b)[0], 2)[0][0].masked is True
+    g.add("unknown", rec.embed(a))  # raw embeddings: flag not known
+    assert {m.identity: m.masked for m in g.search(rec.embed(a)[0], 3)[0]}["unknown"] is None

@@ -9,6 +9,7 @@ face, so detection failures show up as errors and are never dropped.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Callable
@@ -140,13 +141,32 @@ def recommended_thresholds(embed: Callable[[bool], np.ndarray], cache: dict[str,
     """
     from maskfr.cli_runtime import calibrate
     names, labels = np.unique(cache["identity"], return_inverse=True)
-    emb = np.concatenate([embed(False), embed(True)])
-    reps = [calibrate(emb, np.r_[labels, labels], far) for far in fars]
+    clean, masked = embed(False), embed(True)
+    reps = [calibrate(np.concatenate([clean, masked]), np.r_[labels, labels], far) for far in fars]
     key = lambda far: "far=" + f"{far:.0e}".replace("e-0", "e-")  # noqa: E731  "far=1e-3", as the runtime reads
-    return {"thresholds": {key(r["far"]): round(r["threshold"], 4) for r in reps},
+    per_condition = condition_thresholds(clean, masked, labels, fars)
+    return {"thresholds": {**{key(r["far"]): round(r["threshold"], 4) for r in reps},
+                           **{f"{key(far)},{c}": t for (c, far), t in per_condition.items()}},
             "tar": {key(r["far"]): round(r["tar"], 4) for r in reps}, "faces": int(len(labels)),
             "identities": int(len(names)), "impostor_pairs": reps[0]["impostor_pairs"],
             "genuine_pairs": reps[0]["genuine_pairs"]}
+
+
+def condition_thresholds(clean: np.ndarray, masked: np.ndarray, labels: np.ndarray, fars: tuple[float, ...],
+                         n_impostors: int = 2_000_000, seed: int = 0) -> dict[tuple[str, float], float]:
+    """{(condition, far): threshold} for "u-u", "m-u" and "m-m" (an unmasked or masked face against an unmasked
+    or masked one), each from that condition's impostor pairs only: the same random ordered pairs of
+    different people's faces for all three, rounded up to 4 decimals so that the FAR is not exceeded."""
+    rng = np.random.default_rng(seed)
+    i, j = rng.integers(len(labels), size=(2, n_impostors))
+    i, j = i[labels[i] != labels[j]], j[labels[i] != labels[j]]
+    out = {}
+    for cond, a, b in (("u-u", clean, clean), ("m-u", masked, clean), ("m-m", masked, masked)):
+        s = np.sort(np.einsum("nd,nd->n", a[i], b[j]))[::-1]
+        for far in fars:
+            k = int(far * len(s))  # at most k impostors may reach the threshold: just above the (k+1)-th
+            out[(cond, far)] = math.ceil(float(np.nextafter(s[k], np.inf)) * 1e4) / 1e4
+    return out
 
 
 def lfw_pairs(root: str | Path, folds: list[int] | None = None) -> list[Pair]:

@@ -1,8 +1,6 @@
 """Runtime sub-commands of ``maskfr``: embed, verify, enroll, identify, calibrate, bench, demo.
 
-Exit codes scripts can rely on: 0 ok (same person / identified), 1 no match / not the same
-person / no face found (embed, identify), 2 bad input (verify given an image without a face included)
-or a missing component (model, detector, backend).
+Exit codes scripts can rely on: the epilog of ``maskfr --help`` (:func:`maskfr.cli.build_parser`).
 ``--json`` prints one JSON object on stdout; progress goes to stderr and only for long loops.
 """
 from __future__ import annotations
@@ -146,7 +144,7 @@ def cmd_identify(a: argparse.Namespace) -> int:
                     matches=[{"identity": m.identity, "similarity": round(m.similarity, 6)} for m in r.matches])
                     for r in res]})
     if a.json:
-        print(json.dumps({"results": out, "threshold": rec.threshold}))
+        print(json.dumps({"results": out, "threshold": rec.threshold, "model_version": rec.model_version}))
     else:
         for o in out:
             names = [f"{f['identity'] or 'unknown'} ({f['matches'][0]['similarity']:.3f})" if f["matches"] else "unknown"

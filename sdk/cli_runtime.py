@@ -373,7 +373,8 @@ def add_runtime_commands(sub: argparse._SubParsersAction) -> None:
     p = add("embed", cmd_embed, "embed the faces of images (exit 1 if some image has no face)")
     p.add_argument("images", nargs="+")
     p.add_argument("--aligned", action="store_true", help="images are aligned 112x112 crops")
-    p.add_argument("--out", help="write all embeddings to this .npy")
+    p.add_argument("--out", help="write all embeddings to this .npy file: one row per face, in the order the output "
+                   "lists them (images in the order given, each one's largest face first)")
     common(p)
     p = add("verify", cmd_verify, "are the largest faces of two images the same person? (exit 0 yes, 1 no, 2 bad input or no face)")
     p.add_argument("a")

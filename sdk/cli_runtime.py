@@ -19,7 +19,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 def _recognizer(a: argparse.Namespace) -> Any:
     from maskfr.recognizer import FaceRecognizer
-    return FaceRecognizer(a.model, backend=a.backend, threshold=getattr(a, "threshold", None), min_face=a.min_face)
+    return FaceRecognizer(a.model, backend=a.backend, threshold=getattr(a, "threshold", None), min_face=a.min_face,
+                          thresholds=getattr(a, "thresholds", None))
 
 
 def _progress(items: list, what: str, enabled: bool = True) -> Iterable:
@@ -154,9 +155,13 @@ def cmd_identify(a: argparse.Namespace) -> int:
 
 
 def calibrate(embeddings: np.ndarray, labels: np.ndarray, far: float, max_impostors: int = 2_000_000,
-              seed: int = 0) -> dict:
-    """Threshold for a target FAR from all genuine pairs and (up to ``max_impostors``) impostor pairs."""
-    from maskfr.metrics import tar_at_far
+              seed: int = 0, masked: np.ndarray | None = None) -> dict:
+    """Threshold for a target FAR from all genuine pairs and (up to ``max_impostors``) impostor pairs.
+
+    ``masked``: each face's mask flag; then ``by_condition`` also holds the threshold of each comparison condition
+    ("u-u", "m-u", "m-m") that has genuine and impostor pairs, from those pairs alone (what
+    :meth:`FaceRecognizer.threshold_for` applies; masked faces look more alike, so "m-m" needs a higher one).
+    """
     _check_far(far)
     n = len(labels)
     i, j = np.triu_indices(n, 1)
@@ -169,6 +174,16 @@ def calibrate(embeddings: np.ndarray, labels: np.ndarray, far: float, max_impost
     same = labels[i] == labels[j]
     if same.sum() == 0 or (~same).sum() == 0:
         raise ValueError("calibration needs at least one identity with 2+ images and 2+ identities")
+    report = {"far": far, **_threshold_at(scores, same, far)}
+    if masked is not None:
+        cond = np.array(["u-u", "m-u", "m-m"])[np.asarray(masked, int)[i] + np.asarray(masked, int)[j]]
+        report["by_condition"] = {c: _threshold_at(scores[cond == c], same[cond == c], far)
+                                  for c in ("u-u", "m-u", "m-m") if same[cond == c].any() and (~same[cond == c]).any()}
+    return report
+
+
+def _threshold_at(scores: np.ndarray, same: np.ndarray, far: float) -> dict:
+    from maskfr.metrics import tar_at_far
     tar, thr = tar_at_far(scores, same, far)
     if (~same).sum() * far < 10:
         note = f"only {(~same).sum()} impostor pairs: FAR {far:g} is poorly estimated (want >= {int(10 / far)})"
@@ -178,8 +193,8 @@ def calibrate(embeddings: np.ndarray, labels: np.ndarray, far: float, max_impost
         thr = float(np.nextafter(float(scores.max()), np.inf))
         note = ("the most similar pair is an impostor pair (mislabelled images?): only a threshold above every "
                 f"score reaches FAR {far:g}" + (f"; {note}" if note else ""))
-    return {"far": far, "threshold": thr, "tar": tar, "genuine_pairs": int(same.sum()),
-            "impostor_pairs": int((~same).sum()), "note": note}
+    return {"threshold": thr, "tar": tar, "genuine_pairs": int(same.sum()), "impostor_pairs": int((~same).sum()),
+            "note": note}
 
 
 def _check_far(far: float) -> None:
@@ -191,27 +206,43 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     _check_far(a.far)  # before minutes of embedding
     rec = _recognizer(a)
     people = folder_images(Path(a.folder))
-    embs, labels, no_face = [], [], 0
+    embs, labels, flags, no_face = [], [], [], 0
     items = [(k, name, p) for k, (name, paths) in enumerate(people.items()) for p in paths]
     for k, _, p in _progress(items, "embedding", not a.json):
         faces = rec.analyze([p])[0]
         if faces:
             embs.append(faces[0].embedding)
             labels.append(k)
+            flags.append(faces[0].masked)
         no_face += not faces
     if not embs:
         raise ValueError(f"no face found in any of the {len(items)} images of {a.folder}")
-    report = calibrate(np.stack(embs), np.array(labels), a.far)
+    known = None not in flags  # mask flags need the mask classifier
+    report = calibrate(np.stack(embs), np.array(labels), a.far, masked=np.array(flags, bool) if known else None)
     report.update(images=len(items), images_without_face=no_face, model_version=rec.model_version)
+    if a.output:  # the model metadata's format, for FaceRecognizer(thresholds=...) / --thresholds
+        key = "far=" + f"{a.far:.0e}".replace("e-0", "e-")
+        thresholds = {key: round(report["threshold"], 4), **{f"{key},{c}": round(r["threshold"], 4)
+                                                             for c, r in report.get("by_condition", {}).items()}}
+        _write_text(Path(a.output), json.dumps(thresholds) + "\n")
+        report["thresholds_file"] = a.output
     if a.json:
         print(json.dumps(report))
     else:
-        print(f"threshold {report['threshold']:.4f} -> TAR {100 * report['tar']:.2f} % at FAR {a.far:g} "
-              f"({report['genuine_pairs']} genuine / {report['impostor_pairs']} impostor pairs, "
-              f"{no_face} of {len(items)} images without a face)")
-        if report["note"]:
-            print("note:", report["note"])
+        rows = [("all pairs", report)] + list(report.get("by_condition", {}).items())
+        for what, r in rows:
+            print(f"{what}: threshold {r['threshold']:.4f} -> TAR {100 * r['tar']:.2f} % at FAR {a.far:g} "
+                  f"({r['genuine_pairs']} genuine / {r['impostor_pairs']} impostor pairs)"
+                  + (f"; note: {r['note']}" if r["note"] else ""))
+        print(f"{no_face} of {len(items)} images without a face" + (f"; wrote {a.output}" if a.output else ""))
     return 0
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Written then renamed: an interrupted run leaves the previous file whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _timeit(fn: Callable[[], Any], seconds: float) -> float:
@@ -362,7 +393,10 @@ def add_runtime_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--min-face", type=int, help="smallest face side to look for, pixels (default 20; 12 finds "
                        "smaller faces at about twice the detection time)")
         if threshold:
-            p.add_argument("--threshold", type=float, help="similarity threshold (default: the model's at FAR 1e-3)")
+            p.add_argument("--threshold", type=float, help="one similarity threshold for every comparison (default: "
+                           "the model's at FAR 1e-3, one per mask condition)")
+            p.add_argument("--thresholds", metavar="FILE", help="thresholds per mask condition from 'maskfr "
+                           "calibrate -o FILE', instead of the model's")
         p.add_argument("--json", action="store_true", help="print one JSON object")
 
     def add(name: str, fn: Callable, help_: str) -> argparse.ArgumentParser:
@@ -395,6 +429,8 @@ def add_runtime_commands(sub: argparse._SubParsersAction) -> None:
     p = add("calibrate", cmd_calibrate, "threshold for a target FAR on a labelled root/<identity>/*.jpg folder")
     p.add_argument("folder")
     p.add_argument("--far", type=float, default=1e-3)
+    p.add_argument("-o", "--output", help="write the thresholds (all pairs, and per mask condition) to this JSON "
+                   "file, for --thresholds / FaceRecognizer(thresholds=...)")
     common(p)
     p = add("bench", cmd_bench, "time embedding, preprocessing and gallery search")
     p.add_argument("--batch", default="1,8,32")

@@ -87,6 +87,21 @@ class Identification:
     threshold: float | None = None
 
 
+def _read_thresholds(src: dict[str, float] | str | Path) -> dict[str, float]:
+    """Thresholds given as a dict or a JSON file (``maskfr calibrate -o``), checked."""
+    what = "thresholds"
+    if not isinstance(src, dict):
+        what = str(src)
+        try:
+            src = json.loads(Path(src).read_text())
+        except ValueError as exc:
+            raise ValueError(f"{what}: not a JSON file of thresholds ({exc})") from None
+    if not isinstance(src, dict) or not any("," not in str(k) for k in src) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in src.values()):
+        raise ValueError(f"{what}: expected thresholds such as {{\"far=1e-3\": 0.57, \"far=1e-3,m-m\": 0.62}}")
+    return {str(k): float(v) for k, v in src.items()}
+
+
 def _check_channels(channels: str) -> None:
     if channels not in ("bgr", "rgb"):
         raise ValueError(f"channels must be 'bgr' or 'rgb', got {channels!r}")
@@ -252,6 +267,8 @@ class FaceRecognizer:
     ``landmarks`` (5, 2); default ``maskfr.detector.FaceDetector``, created on first use.
     threshold: similarity for "same person", for every comparison (default: the model's recommended ones at FAR
     1e-3, one per condition when both faces' mask flags are known: :meth:`threshold_for`).
+    thresholds: your own in the metadata's format, a dict or the JSON file of ``maskfr calibrate -o``, instead of
+    the model's (``{"far=1e-3": t, "far=1e-3,u-u": t1, ...}``).
     threads: ONNX Runtime threads for the default detector and an ONNX model (default: one per core).
     min_face: smallest face side the default detector looks for, in pixels (default: the detector's, 20); 12
     finds faces down to an eye distance of ~9 pixels at about twice the detection time (benchmarks/RESULTS.md,
@@ -263,7 +280,8 @@ class FaceRecognizer:
     def __init__(self, model: str | Path | None = None, detector: Any = None, backend: str = "auto",
                  preprocess_backend: str = "auto", threshold: float | None = None, batch_size: int = 32,
                  max_side: int = 4096, mask_classifier: MaskClassifier | None | str = "default",
-                 threads: int | None = None, min_face: int | None = None, channels: str = "bgr"):
+                 threads: int | None = None, min_face: int | None = None, channels: str = "bgr",
+                 thresholds: dict[str, float] | str | Path | None = None):
         _check_channels(channels)
         if threshold is not None and not np.isfinite(threshold):  # NaN would accept nobody, silently
             raise ValueError(f"threshold must be a finite number, got {threshold}")
@@ -277,7 +295,8 @@ class FaceRecognizer:
         self.threads, self.min_face = threads, min_face
         self.metadata = self.runner.metadata
         self.model_version = self.metadata.get("model_version", path.stem)
-        self.thresholds: dict[str, float] = json.loads(self.metadata.get("recommended_thresholds", "{}"))
+        self.thresholds: dict[str, float] = _read_thresholds(thresholds) if thresholds is not None else \
+            json.loads(self.metadata.get("recommended_thresholds", "{}"))
         self._threshold = threshold
         self.preprocess_backend = preprocess_backend
         self.batch_size, self.max_side = batch_size, max_side
@@ -287,13 +306,15 @@ class FaceRecognizer:
 
     @property
     def threshold(self) -> float:
-        if self._threshold is not None:
-            return self._threshold
-        if DEFAULT_FAR in self.thresholds:
-            return float(self.thresholds[DEFAULT_FAR])
-        if self.thresholds:
-            return float(next(iter(self.thresholds.values())))
-        raise ValueError("the model has no recommended_thresholds; pass threshold= (see `maskfr calibrate`)")
+        """The one threshold (a given one, else the FAR 1e-3 one of all comparisons pooled)."""
+        return self._threshold if self._threshold is not None else float(self.thresholds[self._far()])
+
+    def _far(self) -> str:
+        """The operating point's key: FAR 1e-3, else the first FAR the thresholds hold."""
+        pooled = [k for k in self.thresholds if "," not in k]
+        if not pooled:
+            raise ValueError("the model has no recommended_thresholds; pass threshold= (see `maskfr calibrate`)")
+        return DEFAULT_FAR if DEFAULT_FAR in pooled else pooled[0]
 
     # -- detection --------------------------------------------------------------------------
     def detect(self, frame: Any, index: int = 0) -> list[Face]:
@@ -386,7 +407,7 @@ class FaceRecognizer:
         if self._threshold is not None or masked_a is None or masked_b is None:
             return self.threshold
         cond = "m-m" if masked_a and masked_b else "m-u" if masked_a or masked_b else "u-u"
-        return float(self.thresholds.get(f"{DEFAULT_FAR},{cond}", self.threshold))
+        return float(self.thresholds.get(f"{self._far()},{cond}", self.threshold))
 
     def verify(self, a: Any, b: Any, threshold: float | None = None) -> VerifyResult:
         """Are the largest faces of ``a`` and ``b`` the same person? (each may also be an embedding, whose mask

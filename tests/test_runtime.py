@@ -390,8 +390,13 @@ def test_cli_enroll_identify_calibrate(cli, tmp_path):
     assert cli("identify", gal, probe)[0] == 1
     gal.write_bytes(gal.read_bytes()[:100])
     assert cli("identify", gal, probe)[0] == 2
-    rc, out = cli("calibrate", root, "--far", "0.1")
+    rc, out = cli("calibrate", root, "--far", "0.1", "-o", tmp_path / "thr.json")
     assert rc == 0 and out["genuine_pairs"] == 12 and out["impostor_pairs"] == 54 and out["tar"] == 1.0
+    thr = json.loads((tmp_path / "thr.json").read_text())
+    assert thr["far=1e-1"] == round(out["threshold"], 4)
+    assert {f"far=1e-1,{c}" for c in out["by_condition"]} == set(thr) - {"far=1e-1"}
+    a, b = sorted((root / "p1").iterdir())[:2]
+    assert cli("verify", a, b, "--thresholds", tmp_path / "thr.json")[1]["threshold"] in thr.values()
 
 
 def test_cli_os_errors_and_bad_arguments_exit_2(cli, tmp_path, capsys):
@@ -457,6 +462,32 @@ def test_calibrate_picks_threshold_for_far():
     s = e @ e.T
     impostor = s[np.not_equal.outer(np.repeat(np.arange(50), 4), np.repeat(np.arange(50), 4))]
     assert (impostor >= r["threshold"]).mean() <= 1e-3 and r["tar"] > 0.5
+
+
+def test_calibrate_per_mask_condition_and_thresholds_file(tmp_path, model):
+    """Masked faces made alike (a shared component): the masked-masked pairs get their own, higher threshold, each
+    condition meets the FAR on its own pairs, and the file of `calibrate -o` replaces the model's thresholds."""
+    from maskfr.cli_runtime import calibrate
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(60), 4)
+    e = np.repeat(rng.standard_normal((60, 64)), 4, 0) + 0.6 * rng.standard_normal((240, 64))
+    masked = np.arange(240) % 2 == 1
+    e[masked] += 1.2 * rng.standard_normal(64)  # what every mask adds
+    e = (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float32)
+    r = calibrate(e, labels, 1e-2, masked=masked)
+    by = r["by_condition"]
+    assert set(by) == {"u-u", "m-u", "m-m"} and by["m-m"]["threshold"] > r["threshold"] > by["u-u"]["threshold"]
+    s, diff = e @ e.T, np.not_equal.outer(labels, labels)
+    for c, rows, cols in (("u-u", ~masked, ~masked), ("m-u", masked, ~masked), ("m-m", masked, masked)):
+        imp = s[np.ix_(rows, cols)][diff[np.ix_(rows, cols)]]
+        assert (imp >= by[c]["threshold"]).mean() <= 1e-2, c
+    path = tmp_path / "thr.json"
+    path.write_text(json.dumps({"far=1e-2": r["threshold"], **{f"far=1e-2,{c}": v["threshold"] for c, v in by.items()}}))
+    rec = FaceRecognizer(model, detector=MarkerDetector(), thresholds=path)
+    assert rec.threshold == r["threshold"] and rec.threshold_for(True, True) == by["m-m"]["threshold"]
+    path.write_text('{"far=1e-3,m-m": 0.6}')  # no threshold for all comparisons
+    with pytest.raises(ValueError, match="thr.json: expected thresholds"):
+        FaceRecognizer(model, detector=MarkerDetector(), thresholds=path)
 
 
 def test_cli_demo_message_without_default_model(capsys, monkeypatch, tmp_path):

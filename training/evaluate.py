@@ -9,7 +9,6 @@ face, so detection failures show up as errors and are never dropped.
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Callable
@@ -135,38 +134,24 @@ def recommended_thresholds(embed: Callable[[bool], np.ndarray], cache: dict[str,
     """Similarity thresholds for target FARs, from every face of ``cache`` masked AND unmasked.
 
     Deployed models meet both, so masked and unmasked embeddings are pooled under their
-    identity and every pair among them counts (impostor pairs sampled, see ``calibrate``).
+    identity and every pair among them counts (impostor pairs sampled, see ``calibrate``); and per
+    comparison condition (``far=1e-3,u-u`` / ``,m-u`` / ``,m-m``), from that condition's pairs alone, which the
+    runtime applies when it knows both faces' mask flags.
     Use people the model was NOT trained on: it separates its training people better than it will
     separate strangers, so thresholds from them come out too low (too permissive).
     """
     from maskfr.cli_runtime import calibrate
     names, labels = np.unique(cache["identity"], return_inverse=True)
-    clean, masked = embed(False), embed(True)
-    reps = [calibrate(np.concatenate([clean, masked]), np.r_[labels, labels], far) for far in fars]
+    emb = np.concatenate([embed(False), embed(True)])
+    flags = np.r_[np.zeros(len(labels), bool), np.ones(len(labels), bool)]
+    reps = [calibrate(emb, np.r_[labels, labels], far, masked=flags) for far in fars]
     key = lambda far: "far=" + f"{far:.0e}".replace("e-0", "e-")  # noqa: E731  "far=1e-3", as the runtime reads
-    per_condition = condition_thresholds(clean, masked, labels, fars)
     return {"thresholds": {**{key(r["far"]): round(r["threshold"], 4) for r in reps},
-                           **{f"{key(far)},{c}": t for (c, far), t in per_condition.items()}},
+                           **{f"{key(r['far'])},{c}": round(rc["threshold"], 4)
+                              for r in reps for c, rc in r["by_condition"].items()}},
             "tar": {key(r["far"]): round(r["tar"], 4) for r in reps}, "faces": int(len(labels)),
             "identities": int(len(names)), "impostor_pairs": reps[0]["impostor_pairs"],
             "genuine_pairs": reps[0]["genuine_pairs"]}
-
-
-def condition_thresholds(clean: np.ndarray, masked: np.ndarray, labels: np.ndarray, fars: tuple[float, ...],
-                         n_impostors: int = 2_000_000, seed: int = 0) -> dict[tuple[str, float], float]:
-    """{(condition, far): threshold} for "u-u", "m-u" and "m-m" (an unmasked or masked face against an unmasked
-    or masked one), each from that condition's impostor pairs only: the same random ordered pairs of
-    different people's faces for all three, rounded up to 4 decimals so that the FAR is not exceeded."""
-    rng = np.random.default_rng(seed)
-    i, j = rng.integers(len(labels), size=(2, n_impostors))
-    i, j = i[labels[i] != labels[j]], j[labels[i] != labels[j]]
-    out = {}
-    for cond, a, b in (("u-u", clean, clean), ("m-u", masked, clean), ("m-m", masked, masked)):
-        s = np.sort(np.einsum("nd,nd->n", a[i], b[j]))[::-1]
-        for far in fars:
-            k = int(far * len(s))  # at most k impostors may reach the threshold: just above the (k+1)-th
-            out[(cond, far)] = math.ceil(float(np.nextafter(s[k], np.inf)) * 1e4) / 1e4
-    return out
 
 
 def lfw_pairs(root: str | Path, folds: list[int] | None = None) -> list[Pair]:

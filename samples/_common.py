@@ -30,7 +30,8 @@ def add_common_args(p: argparse.ArgumentParser, live_source: bool = False) -> No
     p.add_argument("--backend", default="auto", help="auto, cpu, cuda or tensorrt")
     p.add_argument("--enroll", metavar="DIR", help="enrol DIR/<identity>/*.jpg before starting")
     p.add_argument("--gallery", metavar="FILE", help="gallery .npz to load (and save after --enroll)")
-    p.add_argument("--threshold", type=float, help="similarity threshold (default: the model's)")
+    p.add_argument("--threshold", type=float, help="one similarity threshold (default: the model's, per mask condition)")
+    p.add_argument("--thresholds", metavar="FILE", help="per-condition thresholds from 'maskfr calibrate -o FILE'")
     p.add_argument("--min-face", type=int, help="smallest face side to look for, pixels (default 20; 12 for far faces)")
     p.add_argument("--headless", action="store_true", help="no window: write the annotated video to --out")
     p.add_argument("--out", default="annotated.avi", help="output video for --headless")
@@ -103,7 +104,7 @@ def build(args: argparse.Namespace, detector: Any = None) -> tuple[FaceRecognize
     if args.gallery and not args.enroll and not Path(args.gallery).exists():
         raise SystemExit(f"--gallery {args.gallery}: no such file (add --enroll DIR to build it)")
     rec = FaceRecognizer(args.model, detector=detector, backend=args.backend, threshold=args.threshold,
-                         min_face=args.min_face)
+                         min_face=args.min_face, thresholds=args.thresholds)
     gallery = Gallery.load(args.gallery) if args.gallery and Path(args.gallery).exists() else rec.new_gallery()
     if args.enroll:
         try:

@@ -147,6 +147,12 @@ class Gallery:
                 raise ValueError("identity must be a non-empty string")
             self._names[k] = new
 
+    def templates(self, identity: str) -> tuple[np.ndarray, list[bool | None]]:
+        """An identity's enrolled embeddings (N, D) and their mask flags (None: not recorded)."""
+        with self._lock:
+            rows = self._label == self._require(identity)
+            return self._emb[rows], [_flag(v) for v in self._masked[rows]]
+
     def _require(self, identity: str) -> int:
         try:
             return self._names.index(identity)

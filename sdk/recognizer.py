@@ -79,8 +79,8 @@ class VerifyResult:
 
 @dataclass
 class Identification:
-    """A face and its best gallery matches; ``identity`` is the top match if it clears ``threshold`` (the one
-    for this comparison's condition, :meth:`FaceRecognizer.threshold_for`)."""
+    """A face and its best gallery matches; ``identity`` is the top match if one of its templates clears the
+    threshold of its comparison's mask condition (:meth:`FaceRecognizer.threshold_for`), ``threshold`` that one."""
     face: Face
     matches: list[Match] = field(default_factory=list)
     identity: str | None = None
@@ -445,8 +445,20 @@ class FaceRecognizer:
             return []
         out = []
         for f, m in zip(faces, gallery.search(np.stack([f.embedding for f in faces]), top_k)):
-            t = threshold if threshold is not None else self.threshold_for(f.masked, m[0].masked if m else None)
-            out.append(Identification(f, m, m[0].identity if m and m[0].similarity >= t else None, t))
+            if not m or threshold is not None:
+                t = self.threshold if threshold is None else threshold
+                out.append(Identification(f, m, m[0].identity if m and m[0].similarity >= t else None, t))
+                continue
+            # the top identity is accepted if any of its templates clears the threshold of its own condition: a
+            # masked enrolment photo must not make a masked visitor harder to accept than the bare one alone
+            try:
+                emb, flags = gallery.templates(m[0].identity)
+            except KeyError:  # removed by another thread since the search: judge the match found
+                emb, flags = np.array([f.embedding * m[0].similarity]), [m[0].masked]
+            ts = np.array([self.threshold_for(f.masked, g) for g in flags])
+            best = int(np.argmax(emb @ f.embedding - ts))
+            ok = float(emb[best] @ f.embedding) >= ts[best]
+            out.append(Identification(f, m, m[0].identity if ok else None, float(ts[best])))
         return out
 
     def new_gallery(self, index: str = "auto") -> Gallery:

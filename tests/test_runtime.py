@@ -579,3 +579,24 @@ def test_thresholds_per_mask_condition(tmp_path):
     assert rec.enroll(g, "masked", b) == 1 and g.search(rec.embed(b)[0], 2)[0][0].masked is True
     g.add("unknown", rec.embed(a))  # raw embeddings: flag not known
     assert {m.identity: m.masked for m in g.search(rec.embed(a)[0], 3)[0]}["unknown"] is None
+
+
+def test_identify_accepts_when_any_template_clears_its_condition(tmp_path):
+    """A masked visitor and an identity enrolled masked and bare: the masked template scores higher but under the
+    masked-masked threshold, the bare one clears the masked-unmasked one: accepted (enrolling a masked photo too
+    must not make a person harder to recognise)."""
+    thr = {"far=1e-3": 0.8, "far=1e-3,u-u": 0.7, "far=1e-3,m-u": 0.75, "far=1e-3,m-m": 0.9}
+    rec = FaceRecognizer(make_model(tmp_path / "m.onnx", thresholds=thr), detector=MarkerDetector(),
+                         mask_classifier=_AllMasked())
+    frame = draw_faces([(1, 20, 30, 96)])
+    p = rec.embed(frame)[0]
+    u = np.roll(p, 1) - (np.roll(p, 1) @ p) * p
+    u /= np.linalg.norm(u)
+    at = lambda c: c * p + np.sqrt(1 - c * c) * u  # noqa: E731  a template at cosine c from the probe
+    g = rec.new_gallery()
+    g.add("x", at(0.85), masked=True)
+    hit = rec.identify(frame, g)[0]
+    assert hit.identity is None and hit.threshold == 0.9
+    g.add("x", at(0.8), masked=False)
+    hit = rec.identify(frame, g)[0]
+    assert hit.matches[0].similarity == pytest.approx(0.85, abs=1e-5) and hit.identity == "x" and hit.threshold == 0.75

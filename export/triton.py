@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-from maskfr.export.onnx_export import INPUT_NAME, OUTPUT_NAME, check_student_io
+from maskfr.export.onnx_export import check_student_io
 
 _DTYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 7: "TYPE_INT64", 6: "TYPE_INT32", 3: "TYPE_INT8", 2: "TYPE_UINT8"}
 
@@ -88,9 +88,7 @@ def write_model(repo: str | os.PathLike, name: str, model: str | os.PathLike, on
     # max_batch_size 0 would tell Triton the dims include the batch axis, which the config drops
     if max_batch < 1 or instances < 1:
         raise ValueError(f"max_batch and instances must be >= 1, got {max_batch} and {instances}")
-    inputs, outputs, meta = _io_from_onnx(onnx_path)
-    if [i["name"] for i in inputs] != [INPUT_NAME] or [o["name"] for o in outputs] != [OUTPUT_NAME]:
-        raise ValueError(f"{onnx_path}: expected IO {INPUT_NAME!r} -> {OUTPUT_NAME!r}")
+    inputs, outputs, meta = _io_from_onnx(onnx_path)  # IO names and dims checked there (check_student_io)
     if plan is None:
         plan = Path(model).suffix in (".plan", ".engine")
     if plan:

@@ -95,6 +95,7 @@ def cmd_thresholds(a: argparse.Namespace) -> int:
     from maskfr.training import cache as fc
     from maskfr.training.data import LFW
     from maskfr.training.embedders import onnx_embedder
+    from maskfr.cli_runtime import write_then_rename
     from maskfr.training.evaluate import recommended_thresholds
     folds = LFW(a.lfw).people_folds()
     wanted = _folds(a.folds)
@@ -116,7 +117,7 @@ def cmd_thresholds(a: argparse.Namespace) -> int:
     sub = {k: v[rows] for k, v in cache.items()}
     rep = recommended_thresholds(onnx_embedder(a.model)(sub), sub)
     rep.update(model=str(a.model), folds=a.folds)
-    Path(a.output).write_text(json.dumps(rep["thresholds"]) + "\n")
+    write_then_rename(Path(a.output), (json.dumps(rep["thresholds"]) + "\n").encode())
     print(json.dumps(rep))
     return 0
 

@@ -176,7 +176,8 @@ def calibrate(embeddings: np.ndarray, labels: np.ndarray, far: float, max_impost
         raise ValueError("calibration needs at least one identity with 2+ images and 2+ identities")
     report = {"far": far, **_threshold_at(scores, same, far)}
     if masked is not None:
-        cond = np.array(["u-u", "m-u", "m-m"])[np.asarray(masked, int)[i] + np.asarray(masked, int)[j]]
+        m = np.asarray(masked, int)
+        cond = np.array(["u-u", "m-u", "m-m"])[m[i] + m[j]]  # how many of the two faces are masked
         report["by_condition"] = {c: _threshold_at(scores[cond == c], same[cond == c], far)
                                   for c in ("u-u", "m-u", "m-m") if same[cond == c].any() and (~same[cond == c]).any()}
     return report
@@ -224,7 +225,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         key = "far=" + f"{a.far:.0e}".replace("e-0", "e-")
         thresholds = {key: round(report["threshold"], 4), **{f"{key},{c}": round(r["threshold"], 4)
                                                              for c, r in report.get("by_condition", {}).items()}}
-        _write_text(Path(a.output), json.dumps(thresholds) + "\n")
+        write_then_rename(Path(a.output), (json.dumps(thresholds) + "\n").encode())
         report["thresholds_file"] = a.output
     if a.json:
         print(json.dumps(report))
@@ -238,10 +239,10 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     return 0
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Written then renamed: an interrupted run leaves the previous file whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+def write_then_rename(path: Path, data: bytes) -> None:
+    """An interrupted run leaves the previous file whole (or none), never a truncated one."""
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_bytes(data)
     tmp.replace(path)
 
 
@@ -443,4 +444,4 @@ def add_runtime_commands(sub: argparse._SubParsersAction) -> None:
     common(p)
 
 
-__all__ = ["add_runtime_commands", "calibrate"]
+__all__ = ["add_runtime_commands", "calibrate", "write_then_rename"]

@@ -453,12 +453,12 @@ class FaceRecognizer:
             # masked enrolment photo must not make a masked visitor harder to accept than the bare one alone
             try:
                 emb, flags = gallery.templates(m[0].identity)
+                sims = emb @ f.embedding
             except KeyError:  # removed by another thread since the search: judge the match found
-                emb, flags = np.array([f.embedding * m[0].similarity]), [m[0].masked]
+                sims, flags = np.array([m[0].similarity]), [m[0].masked]
             ts = np.array([self.threshold_for(f.masked, g) for g in flags])
-            best = int(np.argmax(emb @ f.embedding - ts))
-            ok = float(emb[best] @ f.embedding) >= ts[best]
-            out.append(Identification(f, m, m[0].identity if ok else None, float(ts[best])))
+            best = int(np.argmax(sims - ts))
+            out.append(Identification(f, m, m[0].identity if sims[best] >= ts[best] else None, float(ts[best])))
         return out
 
     def new_gallery(self, index: str = "auto") -> Gallery:

@@ -24,6 +24,20 @@ def shared_data() -> Path:
     return root
 
 
+def lfw_tree(root: Path) -> Path:
+    """A two-fold LFW folder as its authors lay it out (pairs, people, a dev split; empty image files)."""
+    for name, n in (("Ann_A", 3), ("Bob_B", 2), ("Cy_C", 1)):
+        d = root / "images_deepfunneled" / name
+        d.mkdir(parents=True)
+        for i in range(1, n + 1):
+            (d / f"{name}_{i:04d}.jpg").write_bytes(b"")
+    (root / "pairs.txt").write_text("2\t1\nAnn_A\t1\t2\nAnn_A\t3\tBob_B\t1\nBob_B\t1\t2\nAnn_A\t2\tCy_C\t1\n")
+    (root / "people.txt").write_text("2\n2\nAnn_A\t3\nCy_C\t1\n1\nBob_B\t2\n")
+    (root / "pairsDevTest.txt").write_text("1\nAnn_A\t1\t3\nBob_B\t2\tCy_C\t1\n")
+    (root / "peopleDevTest.txt").write_text("2\nAnn_A\t3\nBob_B\t2\n")
+    return root
+
+
 def face_landmarks(cx: float = 100, cy: float = 95, s: float = 1.0, angle: float = 0.0) -> np.ndarray:
     """A plausible frontal 68-point layout (dlib/iBUG order) centred at (cx, cy), scaled and rotated."""
     t = np.linspace(np.pi, 0, 17)

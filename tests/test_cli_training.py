@@ -5,6 +5,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import lfw_tree
 
 from maskfr.cli import main
 from maskfr.training import cache as fc
@@ -14,18 +15,6 @@ from maskfr.training.mask_folder import mask_folder
 CONFIGS = Path(__file__).parents[1] / "configs"
 
 
-def _lfw(root: Path) -> Path:
-    """Two folds: pairs.txt and people.txt as LFW writes them (empty image files: nothing here reads them)."""
-    for name, n in (("Ann_A", 3), ("Bob_B", 2), ("Cy_C", 1)):
-        d = root / "images_deepfunneled" / name
-        d.mkdir(parents=True)
-        for i in range(1, n + 1):
-            (d / f"{name}_{i:04d}.jpg").write_bytes(b"")
-    (root / "pairs.txt").write_text("2\t1\nAnn_A\t1\t2\nAnn_A\t3\tBob_B\t1\nBob_B\t1\t2\nAnn_A\t2\tCy_C\t1\n")
-    (root / "people.txt").write_text("2\n2\nAnn_A\t3\nCy_C\t1\n1\nBob_B\t2\n")
-    return root
-
-
 def _run(capsys, *argv) -> tuple[int, str]:
     rc = main([str(a) for a in argv])
     return rc, capsys.readouterr().err
@@ -33,7 +22,7 @@ def _run(capsys, *argv) -> tuple[int, str]:
 
 @pytest.mark.parametrize("folds", ["11", "5-1", "abc", "0", "", "3-12"])
 def test_bad_folds_are_named(tmp_path, capsys, folds):
-    lfw = _lfw(tmp_path / "lfw")
+    lfw = lfw_tree(tmp_path / "lfw")
     for cmd in (["eval", "--mask-style", "procedural", "--cache", tmp_path / "c.npz", "--out", tmp_path / "o"],
                 ["thresholds", "--model", tmp_path / "m.onnx", "-o", tmp_path / "t.json"]):
         rc, err = _run(capsys, *cmd, "--lfw", lfw, "--folds", folds)
@@ -42,7 +31,7 @@ def test_bad_folds_are_named(tmp_path, capsys, folds):
 
 
 def test_eval_needs_two_folds_and_thresholds_folds_people_txt_has(tmp_path, capsys):
-    lfw = _lfw(tmp_path / "lfw")
+    lfw = lfw_tree(tmp_path / "lfw")
     # one fold: no other fold to pick its threshold on, and every accuracy read 50 %
     rc, err = _run(capsys, "eval", "--lfw", lfw, "--folds", "2", "--mask-style", "procedural", "--cache",
                    tmp_path / "c.npz", "--out", tmp_path / "o")
@@ -53,7 +42,7 @@ def test_eval_needs_two_folds_and_thresholds_folds_people_txt_has(tmp_path, caps
 
 
 def test_set_needs_key_equals_literal(tmp_path, capsys):
-    lfw = _lfw(tmp_path / "lfw")
+    lfw = lfw_tree(tmp_path / "lfw")
     for bad in ("p_template", "p_template=", "name=my_run", "=0.0", "p_template=0.0 0.1"):
         rc, err = _run(capsys, "train", CONFIGS / "g2d_cpu.py", "--lfw", lfw, "--set", bad)
         assert rc == 2 and f"--set {bad!r}: expected KEY=VALUE" in err, err
@@ -70,13 +59,13 @@ def test_set_needs_key_equals_literal(tmp_path, capsys):
     ("stages={'inpaint': {}, 'reformer': {}, 'classifier': {}}", "stage 'inpaint' lacks epochs"),
 ])
 def test_config_typos_and_wrong_types_are_refused_before_training(tmp_path, capsys, setting, message):
-    lfw = _lfw(tmp_path / "lfw")
+    lfw = lfw_tree(tmp_path / "lfw")
     rc, err = _run(capsys, "train", CONFIGS / "g2d_cpu.py", "--lfw", lfw, "--set", "p_template=0.0", "--set", setting)
     assert rc == 2 and message in err, err
 
 
 def test_config_files_checked(tmp_path, capsys):
-    lfw = _lfw(tmp_path / "lfw")
+    lfw = lfw_tree(tmp_path / "lfw")
     typo = tmp_path / "typo.py"
     typo.write_text(f"import runpy\nc = runpy.run_path({str(CONFIGS / 'g2d_cpu.py')!r})['config']\n"
                     "c['stages']['reformer']['max_step'] = 10\nconfig = dict(c, p_template=0.0)\n")
@@ -100,7 +89,7 @@ def _fake_cache(path: Path, samples: list[Sample]) -> None:
 def test_cache_built_for_fewer_images_is_refused(tmp_path, capsys):
     """`maskfr eval` caches only its pairs' images at the path training reads: training then went on without the
     other faces, and `maskfr thresholds` computed its thresholds on about half of them."""
-    lfw = _lfw(tmp_path / "lfw")
+    lfw = lfw_tree(tmp_path / "lfw")
     samples = LFW(lfw).samples()
     out = tmp_path / "lfw.npz"
     _fake_cache(out, samples[:4])
@@ -175,7 +164,7 @@ class _Built(Exception):
 def test_eval_builds_the_training_cache_for_mixed_masks(tmp_path, capsys, monkeypatch):
     """Masks are seeded by cache row: the default mixed cache holds all of LFW in training's order, so `maskfr eval`
     and `maskfr train` draw the same masks whichever builds it; other styles cache only the pairs' images."""
-    lfw = _lfw(tmp_path / "lfw")
+    lfw = lfw_tree(tmp_path / "lfw")
     (lfw / "images_deepfunneled" / "Cy_C" / "Cy_C_0002.jpg").write_bytes(b"")  # in no pair
     monkeypatch.setattr(fc, "CACHE_ROOT", tmp_path / "cache")
     built = {}

@@ -2,20 +2,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import lfw_tree
+
 from maskfr.training.data import LFW, celeba, image_folder
 
 
 def _lfw_tree(root: Path) -> LFW:
-    for name, n in (("Ann_A", 3), ("Bob_B", 2), ("Cy_C", 1)):
-        d = root / "images_deepfunneled" / name
-        d.mkdir(parents=True)
-        for i in range(1, n + 1):
-            (d / f"{name}_{i:04d}.jpg").write_bytes(b"")
-    (root / "pairs.txt").write_text("2\t1\nAnn_A\t1\t2\nAnn_A\t3\tBob_B\t1\nBob_B\t1\t2\nAnn_A\t2\tCy_C\t1\n")
-    (root / "people.txt").write_text("2\n2\nAnn_A\t3\nCy_C\t1\n1\nBob_B\t2\n")
-    (root / "pairsDevTest.txt").write_text("1\nAnn_A\t1\t3\nBob_B\t2\tCy_C\t1\n")
-    (root / "peopleDevTest.txt").write_text("2\nAnn_A\t3\nBob_B\t2\n")
-    return LFW(root)
+    return LFW(lfw_tree(root))
 
 
 def test_lfw_pairs_folds_and_people(tmp_path):

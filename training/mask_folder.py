@@ -6,6 +6,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from maskfr.cli_runtime import write_then_rename
 from maskfr.training.data import IMAGE_EXTS
 
 
@@ -41,14 +42,14 @@ def mask_folder(src: str | Path, dst: str | Path, masks_root: str | Path | None 
             img = None
         lm, _, found = detect_landmarks(img) if img is not None else (None, None, False)
         if not found:
-            _replace(out, path.read_bytes())
+            write_then_rename(out, path.read_bytes())
             skipped.append(str(rel))
             continue
         masked, occ = synth(img, lm, np.random.default_rng([seed, i]))
-        _replace(out, _encode(out, cv2.cvtColor(masked, cv2.COLOR_RGB2BGR)))
+        write_then_rename(out, _encode(out, cv2.cvtColor(masked, cv2.COLOR_RGB2BGR)))
         occ_path = dst / "_occlusion" / rel.with_suffix(".png")
         occ_path.parent.mkdir(parents=True, exist_ok=True)
-        _replace(occ_path, _encode(occ_path, occ.astype(np.uint8) * 255))
+        write_then_rename(occ_path, _encode(occ_path, occ.astype(np.uint8) * 255))
         done += 1
     return done, skipped
 
@@ -58,10 +59,3 @@ def _encode(path: Path, img: np.ndarray) -> bytes:
     if not ok:  # cv2.imwrite's False was ignored: the image was counted as masked but never written
         raise OSError(f"cannot encode {path} as {path.suffix}")
     return buf.tobytes()
-
-
-def _replace(path: Path, data: bytes) -> None:
-    """Written then renamed: an interrupted run left truncated images that decode without an error."""
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(path)

@@ -111,6 +111,33 @@ def test_68_point_net_exports_five_points(tmp_path: Path, hidden: int) -> None:
     np.testing.assert_allclose(got, torch.cat([want[..., 0], want[..., 1]], 1).numpy(), atol=1e-4)
 
 
+def test_soft_argmax_on_known_maps() -> None:
+    """A map peaked at one cell answers that cell's centre (x's then y's, fractions); a flat map the middle."""
+    head = lnet.SoftArgmax(4, 2, 4, grid=16)
+    maps = torch.zeros(1, 2, 16, 16)
+    maps[0, 0, 3, 12] = 100.0  # point 0 at row 3, column 12
+    head.maps = torch.nn.Identity()
+    np.testing.assert_allclose(head(maps).numpy(), [[12.5 / 16, 0.5, 3.5 / 16, 0.5]], atol=1e-6)
+
+
+def test_heatmap_net_trains_from_the_packaged_convs_and_exports(tmp_path: Path) -> None:
+    """``heatmap=True`` keeps the packaged file's convs up to 8x8 (their folded BatchNorms frozen) under a fresh
+    soft-argmax head whose BatchNorms do learn their statistics; the ONNX file keeps the (N, 10) contract."""
+    import onnxruntime as ort
+    faces, lm = _toy_faces(16)
+    packaged = lnet.from_onnx(MODELS_DIR / "mtcnn_lnet.onnx")
+    net = lnet.train(faces, lm, epochs=1, batch=8, out_dir=tmp_path, init=MODELS_DIR / "mtcnn_lnet.onnx", heatmap=True)
+    assert isinstance(net.head, lnet.SoftArgmax) and len(net.features) == 5
+    assert torch.equal(net.features[4][1].running_var, packaged.features[4][1].running_var)
+    assert not torch.equal(net.head.maps[0][1].running_var, torch.ones_like(net.head.maps[0][1].running_var))
+    path = lnet.export_onnx(net, tmp_path / "hm.onnx")
+    x = torch.randn(3, 3, lnet.INPUT, lnet.INPUT, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = net(x).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    assert got.shape == (3, 10) and np.abs(got - want).max() < 1e-4
+
+
 def _toy_faces(n: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Bright squares on noise; the 'points' are the square's corners and centre."""
     rng = np.random.default_rng(0)

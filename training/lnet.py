@@ -17,7 +17,8 @@ the ONNX file has the same input and output either way. It needs the 512-unit hi
 the five worse than a 5-point net), and with it a 5-point net does as well, so the packaged LNet is a 5-point net
 with 512 units (RESULTS, same section and "A wider LNet head"). ``--size`` trains another input side on crops
 prepared at 1.5x it (``mtcnn prepare --face-side``; the detector reads the side from the file): 96x96 placed the
-points no better.
+points no better. ``--heatmap`` swaps the linear head for soft-argmax heatmaps (:class:`SoftArgmax`): better on
+what is visible, worse on what a mask hides, so not packaged (RESULTS, "Heatmaps for the landmark stage").
 """
 from __future__ import annotations
 
@@ -43,22 +44,46 @@ class LNet(nn.Module):
     so no global pooling). At the packaged 64x64: ~2.7 M parameters, ~36 M multiply-adds per face;
     a larger ``size`` gets extra stride-2 blocks until the map is 4x4 again (same head)."""
 
-    def __init__(self, width: int = 32, points: int = 5, hidden: int = 512, size: int = INPUT) -> None:
+    def __init__(self, width: int = 32, points: int = 5, hidden: int = 512, size: int = INPUT,
+                 heatmap: bool = False) -> None:
         super().__init__()
         w = width
         blocks = [_block(3, w, 2), _block(w, 2 * w, 2), _block(2 * w, 2 * w, 1), _block(2 * w, 4 * w, 2),
-                  _block(4 * w, 4 * w, 1), _block(4 * w, 8 * w, 2)]
+                  _block(4 * w, 4 * w, 1)]
+        self.size, self.points = size, points
+        if heatmap:
+            self.features = nn.Sequential(*blocks)
+            self.head = SoftArgmax(4 * w, points, 2 * w, 2 * math.ceil(size / 8))
+            return
+        blocks.append(_block(4 * w, 8 * w, 2))
         side = math.ceil(size / 16)
         while side > 4:
             blocks.append(_block(8 * w, 8 * w, 2))
             side = math.ceil(side / 2)
-        self.size = size
         self.features = nn.Sequential(*blocks)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * w * side * side, hidden), nn.ReLU(inplace=True),
                                   nn.Linear(hidden, 2 * points))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x)) + 0.5  # fractions around the box centre
+        out = self.head(self.features(x))
+        return out if isinstance(self.head, SoftArgmax) else out + 0.5  # fractions around the box centre
+
+
+class SoftArgmax(nn.Module):
+    """Integral regression (Sun et al., 2018): a heatmap per point at a quarter of the input side, and the
+    point is its softmax-weighted mean position (x's then y's as fractions of the crop, like the linear head).
+    Convolutions keep where things are, which a flattened linear layer must learn again."""
+
+    def __init__(self, cin: int, points: int, mid: int, grid: int) -> None:
+        super().__init__()
+        self.maps = nn.Sequential(_block(cin, cin, 1), nn.Upsample(scale_factor=2.0, mode="nearest"),
+                                  _block(cin, mid, 1), nn.Conv2d(mid, points, 1))
+        self.register_buffer("centres", (torch.arange(grid, dtype=torch.float32) + 0.5) / grid, persistent=False)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        h = self.maps(f)
+        prob = torch.softmax(h.flatten(2), 2).view(h.shape)
+        return torch.cat([(prob.sum(2) * self.centres).sum(2), (prob.sum(3) * self.centres).sum(2)], 1)
 
 
 def from_onnx(path: str | Path, width: int = 32) -> LNet:
@@ -93,7 +118,7 @@ def from_onnx(path: str | Path, width: int = 32) -> LNet:
 
 def answer(net: LNet) -> nn.Module:
     """What the exported file computes: the net itself, or the five points of a 68-point net."""
-    return FivePoints(net) if net.head[3].out_features == 136 else net
+    return FivePoints(net) if net.points == 68 else net
 
 
 class FivePoints(nn.Module):
@@ -181,7 +206,7 @@ def load(data_dir: str | Path, points: int = 5) -> tuple[np.ndarray, np.ndarray]
 
 def train(faces: np.ndarray, lm: np.ndarray, epochs: int = 30, lr: float = 2e-3, batch: int = 128,
           out_dir: str | Path = CACHE / "lnet", seed: int = 0, init: str | Path | None = None,
-          width: int = 32, hidden: int = 512, size: int | None = None) -> LNet:
+          width: int = 32, hidden: int = 512, size: int | None = None, heatmap: bool = False) -> LNet:
     """AdamW, learning rate warmed up then cosine-decayed; resumes from the per-epoch checkpoint in ``out_dir``.
 
     ``lm`` (N, P, 2) holds 5 or 68 points per face, and the net answers as many; its input side ``size``
@@ -192,17 +217,21 @@ def train(faces: np.ndarray, lm: np.ndarray, epochs: int = 30, lr: float = 2e-3,
     """
     torch.manual_seed(seed)
     points, size = lm.shape[1], size or round(faces.shape[1] / FACE_PAD)
-    frozen_bn = init is not None and str(init).endswith(".onnx")
-    net = LNet(width, points, hidden, size)
-    if frozen_bn:
+    net = LNet(width, points, hidden, size, heatmap)
+    frozen: list[nn.Module] = []  # BatchNorms folded into a packaged file's convs: their statistics stay fixed
+    if init is not None and str(init).endswith(".onnx"):
         start = from_onnx(init, width)
         if start.size != size:
             raise ValueError(f"{init} takes {start.size}x{start.size} crops, these data make {size}x{size} ones")
-        if start.head[1].out_features != hidden:
-            start.head = net.head  # a fresh head for another hidden width
-        elif start.head[3].out_features != 2 * points:
-            start.head[3] = net.head[3]  # a fresh last layer for the other points
-        net = start
+        if heatmap:
+            net.features = start.features[:len(net.features)]  # the file's convs up to the heatmaps' input
+        else:
+            if start.head[1].out_features != hidden:
+                start.head = net.head  # a fresh head for another hidden width
+            elif start.head[3].out_features != 2 * points:
+                start.head[3] = net.head[3]  # a fresh last layer for the other points
+            start.points, net = points, start
+        frozen = [m for m in net.features.modules() if isinstance(m, nn.BatchNorm2d)]
     elif init is not None:
         net.load_state_dict(torch.load(init, weights_only=True)["net"])
     net = net.to(memory_format=torch.channels_last)
@@ -215,9 +244,8 @@ def train(faces: np.ndarray, lm: np.ndarray, epochs: int = 30, lr: float = 2e-3,
     lm_t = torch.from_numpy(lm)
     for epoch in range(resume(ckpt, net, opt, sched), epochs):
         net.train()
-        for m in net.modules() if frozen_bn else ():
-            if isinstance(m, nn.BatchNorm2d):
-                m.eval()
+        for m in frozen:
+            m.eval()
         gen = torch.Generator().manual_seed(seed * 1000 + epoch)
         perm = torch.randperm(len(faces), generator=gen).numpy()
         total = 0.0
@@ -261,13 +289,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--points", type=int, choices=[5, 68], default=5,
                     help="train on dlib's 5 or 68 points (the ONNX file answers 5 either way)")
     ap.add_argument("--hidden", type=int, default=512, help="units of the hidden linear layer (packaged: 512)")
+    ap.add_argument("--heatmap", action="store_true", help="soft-argmax heatmaps instead of the linear head "
+                    "(with --init FILE.onnx: the file's convs up to 8x8, a fresh head)")
     ap.add_argument("--size", type=int, help="input side (packaged: 64); default: the prepared crops' / 1.5")
     ap.add_argument("--ckpt-dir", default=str(CACHE / "lnet"))
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "sdk" / "models" / "mtcnn_lnet.onnx"))
     a = ap.parse_args(argv)
     faces, lm = load(a.data, a.points)
     export_onnx(train(faces, lm, epochs=a.epochs, lr=a.lr, out_dir=a.ckpt_dir, init=a.init, width=a.width,
-                      hidden=a.hidden, size=a.size), a.out)
+                      hidden=a.hidden, size=a.size, heatmap=a.heatmap), a.out)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Bad input to the training and evaluation commands: a clear error (exit 2) before any work, never a traceback,
 a silently wrong result or a damaged source folder."""
+import json
 from pathlib import Path
 
 import cv2
@@ -159,6 +160,20 @@ def test_bad_masks_folder_is_an_error_not_a_hang(tmp_path):
 
 class _Built(Exception):
     pass
+
+
+def test_cache_is_not_reused_for_masks_drawn_otherwise(tmp_path, monkeypatch):
+    """A cache records how its masked crops were drawn: asking the same path for other masks (a masks folder, a
+    style) refuses, where it used to evaluate on the cached masks in silence."""
+    row = {k: np.zeros(1, np.uint8) for k in fc.FIELDS}
+    monkeypatch.setattr(fc, "process_one", lambda path, index, synth: row)  # workers fork: they see it too
+    samples = LFW(lfw_tree(tmp_path / "lfw")).samples()
+    out = fc.build(samples, tmp_path / "c.npz", None)
+    assert json.loads(str(np.load(out)["masks"]))["p_below_nose"] == 0.0
+    assert "masks" not in fc.load(out) and len(fc.load(out)["img112"]) == len(samples)  # a row per image only
+    assert fc.build(samples, out, None, p_below_nose=0.0) == out  # the same recipe, however it is spelt
+    with pytest.raises(ValueError, match=r"holds masks drawn as .*\"p_below_nose\": 0\.0.* asked as .*0\.25"):
+        fc.build(samples, out, None, p_below_nose=0.25)
 
 
 def test_eval_builds_the_training_cache_for_mixed_masks(tmp_path, capsys, monkeypatch):

@@ -126,7 +126,11 @@ def build(samples: list[Sample], out: str | Path, masks_root: str | Path | None,
     ``mask_kw``: :class:`MaskSynth`'s shares of mask kinds (``p_template``, ``p_below_nose``, ``p_scarf``).
     """
     from tqdm import tqdm
+
+    from maskfr.training.masks import MaskSynth
     out = Path(out)
+    # a bad masks folder raises here, not in each worker's initializer (restarted forever)
+    recipe = mask_recipe(MaskSynth(masks_root, **mask_kw))
     if out.exists():
         # a cache built for other images (``maskfr eval`` keeps only its pairs' images, at the default path
         # training uses too) served training without the missing faces, in silence
@@ -136,9 +140,12 @@ def build(samples: list[Sample], out: str | Path, masks_root: str | Path | None,
                              "asked for (it was built for others, e.g. by 'maskfr eval', which keeps only its pairs' "
                              f"images; it lacks {lacking[0]}): delete it to have it rebuilt (or give 'maskfr eval' "
                              "another --cache)")
+        with np.load(out, allow_pickle=False) as z:
+            built = str(z["masks"]) if "masks" in z.files else None  # caches from before the recipe was stored
+        if built is not None and built != recipe:
+            raise ValueError(f"the cache {out} holds masks drawn as {built}, these are asked as {recipe} (another "
+                             "--masks folder or --mask-style): delete it to have it rebuilt, or give another --cache")
         return out
-    from maskfr.training.masks import MaskSynth
-    MaskSynth(masks_root, **mask_kw)  # a bad masks folder raised in each worker's initializer, restarted forever
     parts = out.with_suffix(f".parts-{cache_key(samples, masks_root, mask_kw)}")
     parts.mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(0, len(samples), CHUNK) if not (parts / f"{i:07d}.npz").exists()]
@@ -159,6 +166,7 @@ def build(samples: list[Sample], out: str | Path, masks_root: str | Path | None,
     merged = {k: np.concatenate([c[k] for c in chunks]) for k in FIELDS}
     merged["path"] = np.array([s.path for s in samples])
     merged["identity"] = np.array([s.identity for s in samples])
+    merged["masks"] = np.array(recipe)
     tmp = out.with_suffix(".tmp.npz")
     np.savez(tmp, **merged)
     tmp.rename(out)
@@ -166,6 +174,14 @@ def build(samples: list[Sample], out: str | Path, masks_root: str | Path | None,
         p.unlink()
     parts.rmdir()
     return out
+
+
+def mask_recipe(synth) -> str:
+    """What drew a cache's masked crops, so a cache is never reused for masks drawn otherwise: the template and
+    texture counts of the masks folder (0 without one) and the shares of each kind."""
+    return json.dumps({"templates": len(synth.templates), "textures": len(synth.textures),
+                       "p_template": synth.p_template, "p_below_nose": synth.p_below_nose,
+                       "p_scarf": synth.p_scarf}, sort_keys=True)
 
 
 def missing(path: str | Path, samples: list[Sample]) -> list[str]:
@@ -176,6 +192,6 @@ def missing(path: str | Path, samples: list[Sample]) -> list[str]:
 
 
 def load(path: str | Path) -> dict[str, np.ndarray]:
-    """Load a cache into memory (plain arrays; no pickled objects)."""
+    """Load a cache into memory: one array per field, a row per image (no pickled objects)."""
     with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+        return {k: z[k] for k in z.files if k != "masks"}

@@ -155,16 +155,21 @@ def cmd_identify(a: argparse.Namespace) -> int:
 
 
 def calibrate(embeddings: np.ndarray, labels: np.ndarray, far: float, max_impostors: int = 2_000_000,
-              seed: int = 0, masked: np.ndarray | None = None) -> dict:
+              seed: int = 0, masked: np.ndarray | None = None, photos: np.ndarray | None = None) -> dict:
     """Threshold for a target FAR from all genuine pairs and (up to ``max_impostors``) impostor pairs.
 
     ``masked``: each face's mask flag; then ``by_condition`` also holds the threshold of each comparison condition
     ("u-u", "m-u", "m-m") that has genuine and impostor pairs, from those pairs alone (what
     :meth:`FaceRecognizer.threshold_for` applies; masked faces look more alike, so "m-m" needs a higher one).
+    ``photos``: faces with the same number are copies of one photo (a photo and its ``maskfr mask`` copy); they
+    are never paired, as such a pair is far easier than two photos of one person.
     """
     _check_far(far)
     n = len(labels)
     i, j = np.triu_indices(n, 1)
+    if photos is not None:
+        keep = photos[i] != photos[j]
+        i, j = i[keep], j[keep]
     if len(i) > max_impostors:  # keep every genuine pair, sample impostors
         gen = labels[i] == labels[j]
         rng = np.random.default_rng(seed)
@@ -206,21 +211,28 @@ def _check_far(far: float) -> None:
 def cmd_calibrate(a: argparse.Namespace) -> int:
     _check_far(a.far)  # before minutes of embedding
     rec = _recognizer(a)
-    people = folder_images(Path(a.folder))
-    embs, labels, flags, no_face = [], [], [], 0
-    items = [(k, name, p) for k, (name, paths) in enumerate(people.items()) for p in paths]
-    for k, _, p in _progress(items, "embedding", not a.json):
+    # an identity's sub-folders of the same name in every folder are one person; the same file name there, one photo
+    items = [(name, p) for folder in a.folders for name, paths in folder_images(Path(folder)).items() for p in paths]
+    people = {name: k for k, name in enumerate(sorted({name for name, _ in items}))}
+    photo_ids: dict[tuple[str, str], int] = {}
+    embs, labels, photos, flags, no_face = [], [], [], [], 0
+    for name, p in _progress(items, "embedding", not a.json):
         faces = rec.analyze([p])[0]
         if faces:
             embs.append(faces[0].embedding)
-            labels.append(k)
+            labels.append(people[name])
+            photos.append(photo_ids.setdefault((name, p.name), len(photo_ids)))
             flags.append(faces[0].masked)
         no_face += not faces
     if not embs:
-        raise ValueError(f"no face found in any of the {len(items)} images of {a.folder}")
+        raise ValueError(f"no face found in any of the {len(items)} images of {', '.join(a.folders)}")
     known = None not in flags  # mask flags need the mask classifier
-    report = calibrate(np.stack(embs), np.array(labels), a.far, masked=np.array(flags, bool) if known else None)
-    report.update(images=len(items), images_without_face=no_face, model_version=rec.model_version)
+    report = calibrate(np.stack(embs), np.array(labels), a.far, masked=np.array(flags, bool) if known else None,
+                       photos=np.array(photos))
+    by = report.get("by_condition")
+    lacking = [c for c in ("u-u", "m-u", "m-m") if c not in by] if by is not None else []
+    report.update(images=len(items), images_without_face=no_face, model_version=rec.model_version,
+                  conditions_not_calibrated=lacking)
     if a.output:  # the model metadata's format, for FaceRecognizer(thresholds=...) / --thresholds
         key = "far=" + f"{a.far:.0e}".replace("e-0", "e-")
         thresholds = {key: round(report["threshold"], 4), **{f"{key},{c}": round(r["threshold"], 4)
@@ -236,6 +248,10 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
                   f"({r['genuine_pairs']} genuine / {r['impostor_pairs']} impostor pairs)"
                   + (f"; note: {r['note']}" if r["note"] else ""))
         print(f"{no_face} of {len(items)} images without a face" + (f"; wrote {a.output}" if a.output else ""))
+        if lacking:
+            print(f"no {' / '.join(lacking)} pairs: those comparisons will use the all-pairs threshold. For masked "
+                  "ones, add masked photos, or masked copies of these (pip install 'maskfr[train]'; maskfr mask "
+                  "FOLDER MASKED; maskfr calibrate FOLDER MASKED)")
     return 0
 
 
@@ -427,8 +443,9 @@ def add_runtime_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+")
     p.add_argument("--top-k", type=int, default=3)
     common(p, threshold=True)
-    p = add("calibrate", cmd_calibrate, "threshold for a target FAR on a labelled root/<identity>/*.jpg folder")
-    p.add_argument("folder")
+    p = add("calibrate", cmd_calibrate, "threshold for a target FAR on labelled root/<identity>/*.jpg folders")
+    p.add_argument("folders", nargs="+", metavar="folder", help="same-named <identity> sub-folders are one person "
+                   "(e.g. your photos and their 'maskfr mask' copies; a photo is never paired with its copy)")
     p.add_argument("--far", type=float, default=1e-3)
     p.add_argument("-o", "--output", help="write the thresholds (all pairs, and per mask condition) to this JSON "
                    "file, for --thresholds / FaceRecognizer(thresholds=...)")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -397,6 +398,13 @@ def test_cli_enroll_identify_calibrate(cli, tmp_path):
     assert {f"far=1e-1,{c}" for c in out["by_condition"]} == set(thr) - {"far=1e-1"}
     a, b = sorted((root / "p1").iterdir())[:2]
     assert cli("verify", a, b, "--thresholds", tmp_path / "thr.json")[1]["threshold"] in thr.values()
+    assert out["conditions_not_calibrated"] == [c for c in ("u-u", "m-u", "m-m") if c not in out["by_condition"]]
+    copies = tmp_path / "copies"  # as `maskfr mask` lays its copies out: same names, plus an _occlusion folder
+    shutil.copytree(root, copies)
+    (copies / "_occlusion" / "p1").mkdir(parents=True)
+    rc, out = cli("calibrate", root, copies, "--far", "0.1")
+    # 4 people x 6 faces: 15 pairs each, less the 3 of a photo with its own copy; 276 - 60 impostor pairs
+    assert rc == 0 and out["images"] == 24 and out["genuine_pairs"] == 48 and out["impostor_pairs"] == 216
 
 
 def test_cli_os_errors_and_bad_arguments_exit_2(cli, tmp_path, capsys):

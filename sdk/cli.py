@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "torch port) or a path to an ONNX student")
     e.add_argument("--name", help="row name in the table (default: model file stem)")
     e.add_argument("--lfw", required=True, help="LFW root (images_*/, pairs.txt, people.txt)")
-    e.add_argument("--masks", help="MaskTheFace templates folder, used when the cache must be built")
+    e.add_argument("--masks", help="MaskTheFace templates folder: builds the cache, and a cache built with one is "
+                   "reused only when given it again")
     e.add_argument("--folds", default="1-10", help="pairs.txt folds to evaluate, e.g. 6-10")
     e.add_argument("--mask-style", choices=list(MASK_STYLES), default="mixed",
                    help="masks drawn on the test faces: half MaskTheFace templates and half procedural (mixed, "

@@ -90,7 +90,7 @@ def cmd_embed(a: argparse.Namespace) -> int:
 def cmd_verify(a: argparse.Namespace) -> int:
     rec = _recognizer(a)
     fa, fb = rec.face(a.a, "first image"), rec.face(a.b, "second image")
-    r = rec.verify(fa.embedding, fb.embedding)
+    r = rec.verify(fa, fb)  # the faces, not their embeddings: the threshold of their mask condition
     if a.json:
         print(json.dumps({"similarity": round(r.similarity, 6), "same": r.same, "threshold": r.threshold,
                           "masked": [fa.masked, fb.masked], "model_version": rec.model_version}))
@@ -293,6 +293,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     e = rng.standard_normal((a.gallery_size, 128)).astype(np.float32)
     g._emb, g._label, g._names = e / np.linalg.norm(e, axis=1, keepdims=True), np.arange(a.gallery_size), \
         [str(i) for i in range(a.gallery_size)]
+    g._masked = np.full(a.gallery_size, -1, np.int8)  # a mask flag per template (search reads it): not known
     t = _timeit(lambda: g.search(e[0], 5), a.seconds)
     rows.append({"stage": "gallery_search", "backend": g.backend(), "identities": a.gallery_size, "ms": 1e3 * t})
     if a.json:
@@ -343,12 +344,13 @@ def cmd_demo(a: argparse.Namespace) -> int:
     rows = []
     for label, fa, fb, expected in trials:
         row: dict[str, Any] = {"pair": label, "expected": expected, "similarity": None, "same": None,
-                               "masked": [fa.masked, None if fb is None else fb.masked]}
+                               "threshold": None, "masked": [fa.masked, None if fb is None else fb.masked]}
         if fb is None:
             row["answer"] = "no face"
         else:
-            r = rec.verify(fa.embedding, fb.embedding)
-            row.update(similarity=round(r.similarity, 4), same=r.same, answer="same" if r.same else "different")
+            r = rec.verify(fa, fb)  # the threshold of the two faces' mask condition, as for any two images
+            row.update(similarity=round(r.similarity, 4), same=r.same, threshold=r.threshold,
+                       answer="same" if r.same else "different")
         row["correct"] = row["answer"] == expected
         rows.append(row)
     flags = [("astronaut", face, False)] + ([("astronaut + drawn mask", masked, True)] if masked is not None else [])
@@ -373,7 +375,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
                           "masked_face": None if masked is None else _face_json(masked),
                           "mask_flags": mask_flags, "verify": rows, "all_correct": ok, "out": written}))
         return 0 if ok else 1
-    print(f"maskfr demo: model {rec.model_version} on {rec.runner.name}, threshold {rec.threshold:.3f}")
+    print(f"maskfr demo: model {rec.model_version} on {rec.runner.name}")  # thresholds: per pair, below
     print(f"  photos: {CREDITS['astronaut']}; {CREDITS['coffee']}")
     for m in mask_flags:
         got = "n/a (no mask classifier)" if m["masked"] is None else \
@@ -381,9 +383,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
         print(f"  mask flag, {m['image']:<24} {got:<26} expected {'mask' if m['expected'] else 'no mask'}"
               f"  {'ok' if m['correct'] else 'WRONG'}")
     for r in rows:
-        got = f"{r['answer'].upper()} (similarity {r['similarity']:+.3f})" if r["similarity"] is not None \
-            else f"no face in {r['pair'].split(' vs ')[1]}"
-        print(f"  verify {r['pair']:<36} {got:<30} expected {r['expected']}  {'ok' if r['correct'] else 'WRONG'}")
+        got = f"{r['answer'].upper()} (similarity {r['similarity']:+.3f}, threshold {r['threshold']:.3f})" \
+            if r["similarity"] is not None else f"no face in {r['pair'].split(' vs ')[1]}"
+        print(f"  verify {r['pair']:<36} {got:<48} expected {r['expected']}  {'ok' if r['correct'] else 'WRONG'}")
     for p in written:
         print(f"  wrote {p}")
     print("all correct" if ok else "some answers differ from the expected ones (see above)")

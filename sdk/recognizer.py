@@ -7,7 +7,8 @@ Input conventions (one function, :func:`load_image`, applies them everywhere):
 * arrays must be uint8 or uint16 (scaled by 1/257) with 1 (grayscale), 3 (BGR) or 4 (BGRA,
   alpha dropped) channels; anything else raises :class:`ImageError`. Colour arrays are BGR as
   OpenCV gives them; pass ``channels="rgb"`` for RGB ones (PIL, imageio, face_recognition's
-  ``load_image_file``): the detector, given swapped colours, finds about half of the faces;
+  ``load_image_file``): the detector, given swapped colours, finds fewer faces (92 % unmasked and 76 % masked
+  instead of 99 % in one check on LFW, README);
 * PIL images are read by their own mode (RGB, RGBA, L, I;16, palette ...), whatever ``channels`` says,
   and turned upright by their EXIF orientation;
 * images over ``MAX_PIXELS`` are refused; frames longer than ``max_side`` are shrunk for

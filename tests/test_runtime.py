@@ -608,3 +608,32 @@ def test_identify_accepts_when_any_template_clears_its_condition(tmp_path):
     g.add("x", at(0.8), masked=False)
     hit = rec.identify(frame, g)[0]
     assert hit.matches[0].similarity == pytest.approx(0.85, abs=1e-5) and hit.identity == "x" and hit.threshold == 0.75
+
+
+def test_cli_verify_and_demo_use_the_threshold_of_the_mask_condition(tmp_path, monkeypatch, capsys):
+    """`maskfr verify` and `maskfr demo` judge a pair as FaceRecognizer.verify does on images: by the threshold of
+    both faces' mask condition, not the pooled one (they passed bare embeddings, whose flags are not known)."""
+    import maskfr.recognizer as r
+    from maskfr.cli import main
+    thr = {"far=1e-3": 0.8, "far=1e-3,u-u": 0.7, "far=1e-3,m-u": 0.75, "far=1e-3,m-m": 0.9}
+    model = make_model(tmp_path / "m.onnx", thresholds=thr)
+    monkeypatch.setattr(r.MaskClassifier, "load", staticmethod(lambda *a: _AllMasked()))
+    monkeypatch.setattr(r, "_default_detector", lambda threads=None, min_face=None: MarkerDetector())
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    cv2.imwrite(str(a), draw_faces([(1, 20, 30, 96)]))
+    cv2.imwrite(str(b), draw_faces([(1, 150, 60, 80)], jitter=3))
+    main(["verify", str(a), str(b), "--model", str(model), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["masked"] == [True, True] and out["threshold"] == 0.9
+    pytest.importorskip("skimage")
+    monkeypatch.undo()  # the demo needs the real detector
+    monkeypatch.setattr(r.MaskClassifier, "load", staticmethod(lambda *a: _AllMasked()))
+    main(["demo", "--model", str(model), "--json"])
+    same = json.loads(capsys.readouterr().out)["verify"][0]
+    assert same["masked"] == [True, True] and same["threshold"] == 0.9
+
+
+def test_cli_bench_runs(cli):
+    """Every stage, gallery search included (its stand-in gallery lacked the mask flags galleries now keep)."""
+    rc, out = cli("bench", "--batch", "1", "--seconds", "0.01", "--gallery-size", "10")
+    assert rc == 0 and [r["stage"] for r in out["results"]] == ["embed", "preprocess", "gallery_search"]

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from maskfr.training.losses import inpaint_loss, instance_kd, relation_kd
+from maskfr.training.losses import inpaint_loss, instance_kd, perceptual_loss, relation_kd
 from maskfr.training.models import CosFaceHead
 
 
@@ -50,3 +50,31 @@ def test_cosface_margin_and_loss():
     logits = head(emb, torch.tensor([0]))
     assert torch.allclose(logits, torch.tensor([[10 * (1 - 0.5), 0.0, -10.0]]))
     assert torch.allclose(head(emb), torch.tensor([[10.0, 0.0, -10.0]]))
+
+
+class _OneChannelNet(torch.nn.Module):
+    """DlibResNet's layout at its smallest: normalise to [0, 1], a 1x1 identity conv, no blocks, a fixed fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 1, 1, bias=False)
+        self.conv.weight.data.fill_(1 / 3)  # the mean of the channels
+        self.aff = torch.nn.Identity()
+        self.blocks = torch.nn.Sequential()
+        self.fc = torch.nn.Linear(1, 2, bias=False)
+
+    def normalize(self, rgb: torch.Tensor) -> torch.Tensor:
+        return rgb / 255.0
+
+
+def test_perceptual_loss_hand_computed():
+    """Flat grey faces: the one layer sees (x + 1) / 2, so a target at 0 (0.5) against an output at 0.5 (0.75)
+    differs by 0.25 / 0.5; one-channel embeddings are parallel (cosine 1). Gradients reach the output only."""
+    net = _OneChannelNet().requires_grad_(False)
+    target = torch.zeros(2, 3, 9, 9)
+    out = torch.full((2, 3, 9, 9), 0.5, requires_grad=True)
+    loss = perceptual_loss(net, out, target)
+    assert loss.item() == pytest.approx(0.5, abs=1e-6)
+    loss.backward()
+    assert out.grad.abs().sum() > 0 and net.conv.weight.grad is None
+    assert perceptual_loss(net, target, target).item() == pytest.approx(0.0, abs=1e-6)

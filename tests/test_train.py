@@ -12,7 +12,8 @@ from conftest import draw_face, face_landmarks
 from maskfr.align import similarity_transform, template, to_input, warp_face
 from maskfr.training.dlib_models import five_from_68
 from maskfr.training.masks import MaskSynth
-from maskfr.training.train import STAGES, Trainer, TrainSet, interpolate_weights, load_config, load_inpainter
+from maskfr.training.train import (STAGES, Trainer, TrainSet, check_config, interpolate_weights, load_config,
+                                   load_inpainter)
 
 
 def _tiny_data(n_ids=4, per=4) -> TrainSet:
@@ -154,6 +155,23 @@ def test_inpaint_stage_keeps_dlib_layers_on_a_small_rate(tmp_path):
     assert all(rate[id(p)] == 2e-4 for p in enc.dilated.parameters())
     assert all(rate[id(p)] == 3e-3 for p in trainer.decoder.parameters())
     assert len(rate) == sum(1 for _ in enc.parameters()) + sum(1 for _ in trainer.decoder.parameters())
+
+
+def test_perceptual_term_trains_the_inpainter_against_a_frozen_dlib(tmp_path):
+    """``w_perceptual``: the inpainting stage adds losses.perceptual_loss through dlib's network, which neither
+    trains nor sits in the optimiser; without the key no such network is loaded."""
+    cfg = _cfg(epochs=1)
+    cfg["stages"]["inpaint"]["w_perceptual"] = 0.5
+    check_config(cfg)
+    trainer = Trainer(cfg, _tiny_data(), MaskSynth(None), tmp_path, pretrained=False)
+    before = {k: v.clone() for k, v in trainer.perceiver.state_dict().items()}
+    in_opt = {id(p) for g in trainer._optimizer("inpaint").param_groups for p in g["params"]}
+    assert not any(id(p) in in_opt for p in trainer.perceiver.parameters())
+    trainer.run_stage("inpaint", None)
+    recs = [json.loads(ln) for ln in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert all(r["loss"] == pytest.approx(r["l1"] + 0.5 * r["perceptual"], rel=1e-5) for r in recs)
+    assert all(torch.equal(v, trainer.perceiver.state_dict()[k]) for k, v in before.items())
+    assert Trainer(_cfg(), _tiny_data(), MaskSynth(None), tmp_path / "b", pretrained=False).perceiver is None
 
 
 def test_alignment_jitter_moves_only_the_masked_input():

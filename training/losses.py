@@ -1,4 +1,4 @@
-"""Losses for G2D: relation distillation, instance distillation, inpainting reconstruction."""
+"""Losses for G2D: relation distillation, instance distillation, inpainting reconstruction and perception."""
 from __future__ import annotations
 
 import torch
@@ -32,3 +32,25 @@ def inpaint_loss(out: torch.Tensor, target: torch.Tensor, occ: torch.Tensor, hol
     err = (out - target).abs()
     hole = (err * occ).sum() / (occ.sum() * out.shape[1]).clamp_min(1)
     return err.mean() + hole_weight * hole
+
+
+def perceptual_loss(net: torch.nn.Module, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """How differently a frozen face network (dlib's ResNet, :class:`~maskfr.training.teacher.DlibResNet`) sees
+    the inpainted chip and the clean one: per layer (its stem and every residual block), mean L1 of the
+    activations over the clean activations' mean magnitude, so every depth counts alike; plus ``1 - cos`` of the
+    two embeddings. L1 on pixels alone draws a generic blurry lower face; this asks for the person's own.
+    ``out``, ``target``: (N, 3, 150, 150) RGB in [-1, 1] in dlib's chip frame (the decoder's output space).
+    """
+    def features(x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        x = F.max_pool2d(F.relu(net.aff(net.conv(net.normalize((x + 1) * 127.5)))), 3, 2)
+        layers = [x]
+        for block in net.blocks:
+            x = block(x)
+            layers.append(x)
+        return layers, net.fc(x.mean(dim=(2, 3)))
+
+    with torch.no_grad():
+        want, want_emb = features(target)
+    got, got_emb = features(out)
+    layer = sum((g - w).abs().mean() / w.abs().mean().clamp_min(1e-6) for g, w in zip(got, want)) / len(got)
+    return layer + instance_kd(got_emb, want_emb)

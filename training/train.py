@@ -27,9 +27,10 @@ import torch.nn.functional as F
 
 from maskfr.align import to_input
 from maskfr.training.dlib_models import MIRROR68
-from maskfr.training.losses import inpaint_loss, instance_kd, relation_kd
+from maskfr.training.losses import inpaint_loss, instance_kd, perceptual_loss, relation_kd
 from maskfr.training.masks import MaskSynth
 from maskfr.training.models import CosFaceHead, Decoder, G2DStudent, create_student
+from maskfr.training.teacher import load_dlib_resnet
 
 STAGES = ("inpaint", "reformer", "classifier")
 
@@ -60,7 +61,8 @@ CONFIG_TYPES = {"name": str, "seed": int, "train_lfw_folds": list, "use_celeba":
 REQUIRED = ("name", "seed", "train_lfw_folds", "batch_size", "p_mask", "stages", "threads", "workers")
 NULLABLE = {"align_jitter", "degrade", "max_steps"}
 STAGE_KEYS = {  # (required, optional) keys of each stage; all numbers, the INT_KEYS integers
-    "inpaint": ({"epochs", "lr_encoder", "lr_decoder", "hole_weight"}, {"lr_new", "max_steps", "warmup_steps"}),
+    "inpaint": ({"epochs", "lr_encoder", "lr_decoder", "hole_weight"},
+                {"lr_new", "max_steps", "warmup_steps", "w_perceptual"}),
     "reformer": ({"epochs", "lr_encoder", "lr_reformer", "w_relation", "w_instance"},
                  {"tau", "max_steps", "warmup_steps"}),
     "classifier": ({"epochs", "lr_head", "lr_reformer", "margin", "scale", "w_kd"},
@@ -372,11 +374,15 @@ class Trainer:
         self.start = ({k: v.clone() for k, v in self.student.state_dict().items()}  # WiSE-FT's end point
                       if cfg.get("wise_alpha", 1.0) != 1.0 else None)
         self.decoder = Decoder()
+        # the frozen face network of the inpainting stage's perceptual term (losses.perceptual_loss)
+        self.perceiver = (load_dlib_resnet().eval().requires_grad_(False)
+                          if cfg["stages"].get("inpaint", {}).get("w_perceptual") else None)
         self.head = CosFaceHead(data.n_classes, s=cfg["stages"]["classifier"]["scale"],
                                 m=cfg["stages"]["classifier"]["margin"])
         self.device = torch.device(cfg.get("device", "cpu"))  # e.g. "cuda" in configs/g2d_gpu.py
-        for m in (self.student, self.decoder, self.head):
-            m.to(self.device)
+        for m in (self.student, self.decoder, self.head, self.perceiver):
+            if m is not None:
+                m.to(self.device)
         self.log = open(self.run / "log.jsonl", "a")
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -425,8 +431,11 @@ class Trainer:
             out = self.decoder(self.student.encoder(masked))
             target = self.student.encoder.chip(clean)
             occ_chip = (self.student.encoder.chip(occ) > 0.5).float()
-            loss = inpaint_loss(out, target, occ_chip, s["hole_weight"])
-            return loss, {"l1": loss.item()}
+            l1 = inpaint_loss(out, target, occ_chip, s["hole_weight"])
+            if not s.get("w_perceptual"):
+                return l1, {"l1": l1.item()}
+            perceptual = perceptual_loss(self.perceiver, out, target)
+            return l1 + s["w_perceptual"] * perceptual, {"l1": l1.item(), "perceptual": perceptual.item()}
         emb = self.student(masked)
         rel, inst = relation_kd(emb, teacher, s.get("tau", 0.1)), instance_kd(emb, teacher)
         if stage == "reformer":

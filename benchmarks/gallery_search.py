@@ -17,11 +17,7 @@ from maskfr import gallery as gm
 
 
 def make(n: int, index: str, rng: np.random.Generator) -> gm.Gallery:
-    g = gm.Gallery(128, index=index)
-    e = rng.standard_normal((n, 128)).astype(np.float32)
-    g._emb, g._label, g._names = e / np.linalg.norm(e, axis=1, keepdims=True), np.arange(n), [str(i) for i in range(n)]
-    g._masked = np.full(n, -1, np.int8)  # a mask flag per template (search reads it): not known
-    return g
+    return gm.Gallery.one_template_each(rng.standard_normal((n, 128)).astype(np.float32), index)
 
 
 def time_search(g: gm.Gallery, q: np.ndarray, seconds: float) -> float:

@@ -289,11 +289,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
         mats = np.stack([similarity_transform(template(112) * 2 + 300, template(112))] * b)
         t = _timeit(lambda: preprocess([frame], np.zeros(b, np.int64), mats, backend=rec.preprocess_backend), a.seconds)
         rows.append({"stage": "preprocess", "batch": b, "ms": 1e3 * t, "faces_per_s": b / t})
-    g = Gallery(128)
     e = rng.standard_normal((a.gallery_size, 128)).astype(np.float32)
-    g._emb, g._label, g._names = e / np.linalg.norm(e, axis=1, keepdims=True), np.arange(a.gallery_size), \
-        [str(i) for i in range(a.gallery_size)]
-    g._masked = np.full(a.gallery_size, -1, np.int8)  # a mask flag per template (search reads it): not known
+    g = Gallery.one_template_each(e)
     t = _timeit(lambda: g.search(e[0], 5), a.seconds)
     rows.append({"stage": "gallery_search", "backend": g.backend(), "identities": a.gallery_size, "ms": 1e3 * t})
     if a.json:

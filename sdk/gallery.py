@@ -153,6 +153,17 @@ class Gallery:
             rows = self._label == self._require(identity)
             return self._emb[rows], [_flag(v) for v in self._masked[rows]]
 
+    @classmethod
+    def one_template_each(cls, embeddings: np.ndarray, index: str = "auto") -> "Gallery":
+        """Identities "0".."N-1", one template each (mask flag not known): the stand-in gallery of timing runs
+        (``maskfr bench``, benchmarks/gallery_search.py), built at once where :meth:`add` per identity would copy
+        the arrays N times."""
+        e = np.asarray(embeddings, np.float32)
+        g = cls(e.shape[1], index=index)
+        g._emb, g._label = e / np.linalg.norm(e, axis=1, keepdims=True), np.arange(len(e))
+        g._masked, g._names = np.full(len(e), -1, np.int8), [str(i) for i in range(len(e))]
+        return g
+
     def _require(self, identity: str) -> int:
         try:
             return self._names.index(identity)

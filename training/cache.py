@@ -130,7 +130,7 @@ def build(samples: list[Sample], out: str | Path, masks_root: str | Path | None,
     from maskfr.training.masks import MaskSynth
     out = Path(out)
     # a bad masks folder raises here, not in each worker's initializer (restarted forever)
-    recipe = mask_recipe(MaskSynth(masks_root, **mask_kw))
+    recipe = json.dumps(mask_recipe(MaskSynth(masks_root, **mask_kw)), sort_keys=True)
     if out.exists():
         # a cache built for other images (``maskfr eval`` keeps only its pairs' images, at the default path
         # training uses too) served training without the missing faces, in silence
@@ -176,12 +176,11 @@ def build(samples: list[Sample], out: str | Path, masks_root: str | Path | None,
     return out
 
 
-def mask_recipe(synth) -> str:
-    """What drew a cache's masked crops, so a cache is never reused for masks drawn otherwise: the template and
+def mask_recipe(synth) -> dict:
+    """What drew a set of masked faces, so it is never reused for masks drawn otherwise: the template and
     texture counts of the masks folder (0 without one) and the shares of each kind."""
-    return json.dumps({"templates": len(synth.templates), "textures": len(synth.textures),
-                       "p_template": synth.p_template, "p_below_nose": synth.p_below_nose,
-                       "p_scarf": synth.p_scarf}, sort_keys=True)
+    return {"templates": len(synth.templates), "textures": len(synth.textures), "p_template": synth.p_template,
+            "p_below_nose": synth.p_below_nose, "p_scarf": synth.p_scarf}
 
 
 def missing(path: str | Path, samples: list[Sample]) -> list[str]:

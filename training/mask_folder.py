@@ -35,7 +35,7 @@ def mask_folder(src: str | Path, dst: str | Path, masks_root: str | Path | None 
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
         raise ValueError(f"destination {dst} is the source folder {src} or inside it: give a folder outside it")
     synth = MaskSynth(masks_root)
-    recipe = json.dumps({"seed": seed, "masks": json.loads(mask_recipe(synth))}, sort_keys=True)
+    recipe = json.dumps({"seed": seed, "masks": mask_recipe(synth)}, sort_keys=True)
     record = dst / "_occlusion" / "maskfr-mask.json"
     resume = record.is_file()
     if resume and record.read_text() != recipe:

@@ -42,7 +42,8 @@ def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
 class LNet(nn.Module):
     """Plain conv stack down to 4x4 pixels, then two linear layers (positions need the spatial map,
     so no global pooling). At the packaged 64x64: ~2.7 M parameters, ~36 M multiply-adds per face;
-    a larger ``size`` gets extra stride-2 blocks until the map is 4x4 again (same head)."""
+    a larger ``size`` gets extra stride-2 blocks until the map is 4x4 again (same head). ``heatmap``: the conv
+    stack stops at 8x8 under a :class:`SoftArgmax` head instead."""
 
     def __init__(self, width: int = 32, points: int = 5, hidden: int = 512, size: int = INPUT,
                  heatmap: bool = False) -> None:

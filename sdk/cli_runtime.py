@@ -43,6 +43,13 @@ def _face_json(f: Any, with_embedding: bool = False) -> dict:
     return d
 
 
+def _thresholds_json(rec: Any) -> dict:
+    """The thresholds a run applies, by the mask condition of the two faces compared ("any": the one used when a
+    flag is not known); each face's own "threshold" says which one it got."""
+    return {"any": rec.threshold, "u-u": rec.threshold_for(False, False), "m-u": rec.threshold_for(True, False),
+            "m-m": rec.threshold_for(True, True)}
+
+
 def images_in(folder: Path) -> list[Path]:
     """The images of one folder, sorted; hidden files (macOS ``._photo.jpg`` companions) are not images."""
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
@@ -145,7 +152,7 @@ def cmd_identify(a: argparse.Namespace) -> int:
                     matches=[{"identity": m.identity, "similarity": round(m.similarity, 6)} for m in r.matches])
                     for r in res]})
     if a.json:
-        print(json.dumps({"results": out, "threshold": rec.threshold, "model_version": rec.model_version}))
+        print(json.dumps({"results": out, "thresholds": _thresholds_json(rec), "model_version": rec.model_version}))
     else:
         for o in out:
             names = [f"{f['identity'] or 'unknown'} ({f['matches'][0]['similarity']:.3f})" if f["matches"] else "unknown"
@@ -367,7 +374,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
             cv2.imwrite(str(out / name), annotate(img, faces, label))
             written.append(str(out / name))
     if a.json:
-        print(json.dumps({"model_version": rec.model_version, "backend": rec.runner.name, "threshold": rec.threshold,
+        print(json.dumps({"model_version": rec.model_version, "backend": rec.runner.name, "thresholds": _thresholds_json(rec),
                           "photos": CREDITS, "face": _face_json(face),
                           "masked_face": None if masked is None else _face_json(masked),
                           "mask_flags": mask_flags, "verify": rows, "all_correct": ok, "out": written}))

@@ -385,6 +385,7 @@ def test_cli_enroll_identify_calibrate(cli, tmp_path):
     rc, out = cli("identify", gal, probe, "--top-k", "2")
     faces = out["results"][0]["faces"]
     assert rc == 0 and [f["identity"] for f in faces] == ["p3", None] and len(faces[0]["matches"]) == 2
+    assert set(out["thresholds"]) == {"any", "u-u", "m-u", "m-m"} and faces[0]["threshold"] in out["thresholds"].values()
     assert cli("enroll", gal, "--rename", "p3", "carol")[1]["renamed"] == ["p3", "carol"]
     assert cli("identify", gal, probe)[1]["results"][0]["faces"][0]["identity"] == "carol"
     assert cli("enroll", gal, "--remove", "carol")[1]["identities"] == 3
@@ -629,8 +630,9 @@ def test_cli_verify_and_demo_use_the_threshold_of_the_mask_condition(tmp_path, m
     monkeypatch.undo()  # the demo needs the real detector
     monkeypatch.setattr(r.MaskClassifier, "load", staticmethod(lambda *a: _AllMasked()))
     main(["demo", "--model", str(model), "--json"])
-    same = json.loads(capsys.readouterr().out)["verify"][0]
-    assert same["masked"] == [True, True] and same["threshold"] == 0.9
+    out = json.loads(capsys.readouterr().out)
+    same = out["verify"][0]
+    assert same["masked"] == [True, True] and same["threshold"] == 0.9 == out["thresholds"]["m-m"]
 
 
 def test_cli_bench_runs(cli):

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from maskfr.training.losses import inpaint_loss, instance_kd, perceptual_loss, relation_kd
+from maskfr.training.losses import (hinge_critic_loss, hinge_generator_loss, inpaint_loss, instance_kd,
+                                    perceptual_loss, relation_kd)
 from maskfr.training.models import CosFaceHead
 
 
@@ -78,3 +79,12 @@ def test_perceptual_loss_hand_computed():
     loss.backward()
     assert out.grad.abs().sum() > 0 and net.conv.weight.grad is None
     assert perceptual_loss(net, target, target).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_hinge_losses_hand_computed():
+    """Real scores 2 (past the margin: 0) and 0 (1 short); inpainted -3 (0) and 0.5 (1.5 short): (0 + 1) / 2 +
+    (0 + 1.5) / 2 = 1.25. The inpainter's term is minus the mean score of its patches."""
+    real, fake = torch.tensor([2.0, 0.0]), torch.tensor([-3.0, 0.5])
+    assert hinge_critic_loss(real, fake).item() == pytest.approx(1.25)
+    assert hinge_critic_loss(torch.ones(3), -torch.ones(3)).item() == 0.0
+    assert hinge_generator_loss(fake).item() == pytest.approx(1.25)

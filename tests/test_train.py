@@ -174,6 +174,45 @@ def test_perceptual_term_trains_the_inpainter_against_a_frozen_dlib(tmp_path):
     assert Trainer(_cfg(), _tiny_data(), MaskSynth(None), tmp_path / "b", pretrained=False).perceiver is None
 
 
+
+def test_adversarial_term_trains_a_critic_alongside_and_resumes_exactly(tmp_path, monkeypatch):
+    """``w_adversarial``: the inpainter's loss adds the critic's hinge term; the critic (not in the inpainter's
+    optimiser) steps once per batch, and a run killed after its first epoch resumes to the same inpainter and
+    critic, both optimisers' states saved."""
+    torch.set_num_threads(2)
+    cfg = _cfg(epochs=2)
+    cfg["stages"]["inpaint"].update(w_adversarial=0.1, lr_critic=1e-3)
+    check_config(cfg)
+    data = _tiny_data()
+    straight = Trainer(cfg, data, MaskSynth(None), tmp_path / "a", pretrained=False)
+    start = {k: v.clone() for k, v in straight.critic.state_dict().items()}
+    in_opt = {id(p) for g in straight._optimizer("inpaint").param_groups for p in g["params"]}
+    assert not any(id(p) in in_opt for p in straight.critic.parameters())
+    straight.run_stage("inpaint", None)
+    recs = [json.loads(ln) for ln in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert all(r["loss"] == pytest.approx(r["l1"] + 0.1 * r["adversarial"], rel=1e-5) and r["critic"] >= 0
+               for r in recs)
+    assert any(not torch.equal(v, straight.critic.state_dict()[k]) for k, v in start.items())
+
+    real_save = Trainer._save
+
+    def crash_after_first_epoch(self, state, path):
+        real_save(self, state, path)
+        if path.name.endswith(".partial.pt"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_save", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, data, MaskSynth(None), tmp_path / "b", pretrained=False).run_stage("inpaint", None)
+    monkeypatch.setattr(Trainer, "_save", real_save)
+    resumed = Trainer(cfg, data, MaskSynth(None), tmp_path / "b", pretrained=False)
+    resumed.run_stage("inpaint", None)
+    for a, b in ((straight.student, resumed.student), (straight.decoder, resumed.decoder),
+                 (straight.critic, resumed.critic)):
+        for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(x, y), f"{k} differs after resume"
+    assert Trainer(_cfg(), data, MaskSynth(None), tmp_path / "c", pretrained=False).critic is None
+
 def test_alignment_jitter_moves_only_the_masked_input():
     from maskfr.training.train import MaskedFaces
     data = _tiny_data()

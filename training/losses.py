@@ -1,4 +1,5 @@
-"""Losses for G2D: relation distillation, instance distillation, inpainting reconstruction and perception."""
+"""Losses for G2D: relation distillation, instance distillation, inpainting reconstruction, perception and the
+critic's hinge."""
 from __future__ import annotations
 
 import torch
@@ -54,3 +55,13 @@ def perceptual_loss(net: torch.nn.Module, out: torch.Tensor, target: torch.Tenso
     got, got_emb = features(out)
     layer = sum((g - w).abs().mean() / w.abs().mean().clamp_min(1e-6) for g, w in zip(got, want)) / len(got)
     return layer + instance_kd(got_emb, want_emb)
+
+
+def hinge_critic_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """The critic's hinge loss: real patches pushed to scores >= 1, inpainted ones to <= -1 (and no further)."""
+    return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+
+
+def hinge_generator_loss(fake: torch.Tensor) -> torch.Tensor:
+    """The inpainter's adversarial term: raise the critic's scores of its patches."""
+    return -fake.mean()

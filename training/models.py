@@ -107,6 +107,25 @@ class Decoder(nn.Module):
         return torch.tanh(self.out(y))
 
 
+
+class PatchCritic(nn.Module):
+    """Inpainting critic (training only): 150x150 RGB in [-1, 1] -> a 19x19 map of real/inpainted scores.
+
+    Each score sees a ~30-pixel patch (a PatchGAN, as ICT's and EdgeConnect's inpainters use), so it judges texture
+    and local shape, which L1 leaves as a blur; spectral norm keeps a critic trained alongside for few steps stable.
+    """
+
+    def __init__(self, ch: int = 64):
+        super().__init__()
+        sn = nn.utils.parametrizations.spectral_norm
+        self.net = nn.Sequential(sn(nn.Conv2d(3, ch, 4, 2, 1)), nn.LeakyReLU(0.2),
+                                 sn(nn.Conv2d(ch, 2 * ch, 4, 2, 1)), nn.LeakyReLU(0.2),
+                                 sn(nn.Conv2d(2 * ch, 4 * ch, 4, 2, 1)), nn.LeakyReLU(0.2),
+                                 sn(nn.Conv2d(4 * ch, 1, 3, 1, 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
 class Reformer(nn.Module):
     """Descriptors -> L2-normalised identity embedding (dlib's later levels + linear).
 

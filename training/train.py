@@ -27,9 +27,10 @@ import torch.nn.functional as F
 
 from maskfr.align import to_input
 from maskfr.training.dlib_models import MIRROR68
-from maskfr.training.losses import inpaint_loss, instance_kd, perceptual_loss, relation_kd
+from maskfr.training.losses import (hinge_critic_loss, hinge_generator_loss, inpaint_loss, instance_kd,
+                                    perceptual_loss, relation_kd)
 from maskfr.training.masks import MaskSynth
-from maskfr.training.models import CosFaceHead, Decoder, G2DStudent, create_student
+from maskfr.training.models import CosFaceHead, Decoder, G2DStudent, PatchCritic, create_student
 from maskfr.training.teacher import load_dlib_resnet
 
 STAGES = ("inpaint", "reformer", "classifier")
@@ -62,7 +63,7 @@ REQUIRED = ("name", "seed", "train_lfw_folds", "batch_size", "p_mask", "stages",
 NULLABLE = {"align_jitter", "degrade", "max_steps"}
 STAGE_KEYS = {  # (required, optional) keys of each stage; all numbers, the INT_KEYS integers
     "inpaint": ({"epochs", "lr_encoder", "lr_decoder", "hole_weight"},
-                {"lr_new", "max_steps", "warmup_steps", "w_perceptual"}),
+                {"lr_new", "max_steps", "warmup_steps", "w_perceptual", "w_adversarial", "lr_critic"}),
     "reformer": ({"epochs", "lr_encoder", "lr_reformer", "w_relation", "w_instance"},
                  {"tau", "max_steps", "warmup_steps"}),
     "classifier": ({"epochs", "lr_head", "lr_reformer", "margin", "scale", "w_kd"},
@@ -375,14 +376,18 @@ class Trainer:
                       if cfg.get("wise_alpha", 1.0) != 1.0 else None)
         self.decoder = Decoder()
         # the frozen face network of the inpainting stage's perceptual term (losses.perceptual_loss)
-        self.perceiver = (load_dlib_resnet().eval().requires_grad_(False)
-                          if cfg["stages"].get("inpaint", {}).get("w_perceptual") else None)
+        inpaint = cfg["stages"].get("inpaint", {})
+        self.perceiver = load_dlib_resnet().eval().requires_grad_(False) if inpaint.get("w_perceptual") else None
+        # its adversarial term's critic, trained alongside the inpainter (Trainer._critic_step)
+        self.critic = PatchCritic() if inpaint.get("w_adversarial") else None
         self.head = CosFaceHead(data.n_classes, s=cfg["stages"]["classifier"]["scale"],
                                 m=cfg["stages"]["classifier"]["margin"])
         self.device = torch.device(cfg.get("device", "cpu"))  # e.g. "cuda" in configs/g2d_gpu.py
-        for m in (self.student, self.decoder, self.head, self.perceiver):
+        for m in (self.student, self.decoder, self.head, self.perceiver, self.critic):
             if m is not None:
                 m.to(self.device)
+        self.critic_opt = (torch.optim.Adam(self.critic.parameters(), lr=inpaint.get("lr_critic", 2e-4),
+                                            betas=(0.5, 0.999)) if self.critic is not None else None)
         self.log = open(self.run / "log.jsonl", "a")
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -390,7 +395,9 @@ class Trainer:
         return {"model": self.student.state_dict(), "decoder": self.decoder.state_dict(),
                 "head": self.head.state_dict(), "optimizer": opt.state_dict() if opt else None,
                 "stage": stage, "epoch": epoch, "config": self.cfg, "git_rev": git_rev(),
-                "torch_rng": torch.get_rng_state()}
+                "torch_rng": torch.get_rng_state(),
+                **({"critic": self.critic.state_dict(), "critic_optimizer": self.critic_opt.state_dict()}
+                   if self.critic is not None else {})}
 
     def _save(self, state: dict, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
@@ -404,6 +411,9 @@ class Trainer:
         self.head.load_state_dict(st["head"])
         if opt is not None and st.get("optimizer"):
             opt.load_state_dict(st["optimizer"])
+        if self.critic is not None and "critic" in st:
+            self.critic.load_state_dict(st["critic"])
+            self.critic_opt.load_state_dict(st["critic_optimizer"])
         torch.set_rng_state(st["torch_rng"])
         return st
 
@@ -431,11 +441,16 @@ class Trainer:
             out = self.decoder(self.student.encoder(masked))
             target = self.student.encoder.chip(clean)
             occ_chip = (self.student.encoder.chip(occ) > 0.5).float()
-            l1 = inpaint_loss(out, target, occ_chip, s["hole_weight"])
-            if not s.get("w_perceptual"):
-                return l1, {"l1": l1.item()}
-            perceptual = perceptual_loss(self.perceiver, out, target)
-            return l1 + s["w_perceptual"] * perceptual, {"l1": l1.item(), "perceptual": perceptual.item()}
+            loss = l1 = inpaint_loss(out, target, occ_chip, s["hole_weight"])
+            parts = {"l1": l1.item()}
+            if s.get("w_perceptual"):
+                perceptual = perceptual_loss(self.perceiver, out, target)
+                loss, parts["perceptual"] = loss + s["w_perceptual"] * perceptual, perceptual.item()
+            if self.critic is not None:
+                adversarial = hinge_generator_loss(self.critic(out))
+                loss, parts["adversarial"] = loss + s["w_adversarial"] * adversarial, adversarial.item()
+                self._critic_batch = out.detach(), target
+            return loss, parts
         emb = self.student(masked)
         rel, inst = relation_kd(emb, teacher, s.get("tau", 0.1)), instance_kd(emb, teacher)
         if stage == "reformer":
@@ -444,6 +459,16 @@ class Trainer:
         ce = F.cross_entropy(self.head(emb, labels), labels)
         loss = ce + s["w_kd"] * (rel + inst)
         return loss, {"ce": ce.item(), "relation": rel.item(), "instance": inst.item()}
+
+    def _critic_step(self) -> float:
+        """One critic update on the batch the inpainter just stepped on: its clean chips against the inpainted
+        ones (the inpainter's backward left gradients in the critic; they are cleared here, never applied)."""
+        fake, real = self._critic_batch
+        loss = hinge_critic_loss(self.critic(real), self.critic(fake))
+        self.critic_opt.zero_grad()
+        loss.backward()
+        self.critic_opt.step()
+        return loss.item()
 
     def _check_reuse(self, st: dict, path: Path, stage: str) -> None:
         """Say so when a stage on disk was trained with other settings: a rerun with a changed config (or --set)
@@ -503,6 +528,8 @@ class Trainer:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+                if stage == "inpaint" and self.critic is not None:
+                    parts["critic"] = self._critic_step()
                 n += len(batch[0])
                 if step % self.cfg.get("log_every", 10) == 0:
                     rec = {"stage": stage, "epoch": epoch, "step": step, "loss": loss.item(), **parts,

@@ -62,11 +62,12 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     import numpy as np
 
     from maskfr.export.onnx_export import check_student_io
-    from maskfr.export.quantize import folder_faces, qdq_summary, to_fp16, to_int8
+    from maskfr.export.quantize import check_fp32, folder_faces, qdq_summary, to_fp16, to_int8
 
     if not (a.fp16 or a.int8):
         raise ValueError("nothing to do: pass --fp16 and/or --int8")
     check_student_io(a.model)  # a clear error for a non-ONNX file or another model, not ORT's traceback
+    check_fp32(a.model)  # before the calibration faces are gathered, which can take minutes
     if a.calib and not Path(a.calib).exists():  # else reported as a missing default cache
         raise FileNotFoundError(f"--calib {a.calib}: no such folder or file")
     src = Path(a.model)
@@ -77,7 +78,10 @@ def cmd_quantize(a: argparse.Namespace) -> int:
         if a.calib and Path(a.calib).is_dir():
             faces, out["calibration_skipped"] = folder_faces(a.calib, a.n, drawn_masks=a.drawn_masks)
         elif a.calib and a.calib.endswith(".npy"):
-            faces = np.load(a.calib)[:a.n]  # -n applies to every source
+            try:  # numpy's own errors name no file, and call text "pickled data"
+                faces = np.load(a.calib)[:a.n]  # -n applies to every source
+            except (ValueError, EOFError):
+                raise ValueError(f"--calib {a.calib}: not an .npy array of aligned crops, or truncated") from None
         else:
             faces = _faces(a.calib, a.lfw, a.folds, a.n)
         if faces.ndim != 4 or faces.shape[1:] != (112, 112, 3) or faces.dtype != np.uint8 or not len(faces):

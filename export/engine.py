@@ -36,6 +36,8 @@ from maskfr.export.onnx_export import INPUT_NAME, INPUT_SIZE, check_student_io, 
 FLAVOURS = ("tensorrt", "tensorrt_rtx")
 PRECISIONS = ("fp32", "fp16", "int8", "best")
 AOT = "AOT (no GPU)"
+#: What :func:`check_sidecar` compares; build_engine writes them all.
+SIDECAR_KEYS = ("flavour", "tensorrt_version", "sm", "gpu")
 
 _LOGGERS: dict[str, Any] = {}
 
@@ -160,6 +162,8 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
     check_student_io(onnx_path)  # a non-ONNX file or another model: say so, not TensorRT's parse/build failure
     if engine_path.exists() and engine_path.resolve() == Path(onnx_path).resolve():
         raise ValueError(f"the engine path {engine_path} is the ONNX model itself; choose another -o")
+    if engine_path.is_dir():  # else found by the final rename, after the whole build
+        raise ValueError(f"the engine path {engine_path} is a folder; give a file name with -o")
     have = onnx_precision(onnx_path)
     if have == "int8":  # the --target cpu flavour (uint8, asymmetric) fails deep in TensorRT's ONNX parser
         from maskfr.export.quantize import qdq_summary
@@ -242,11 +246,15 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     side_file = sidecar_path(engine_path)
     tmp_engine, tmp_side = Path(f"{engine_path}.tmp-{os.getpid()}"), Path(f"{side_file}.tmp-{os.getpid()}")
-    tmp_engine.write_bytes(memoryview(plan))
-    tmp_side.write_text(json.dumps(side, indent=1))
-    side_file.unlink(missing_ok=True)
-    os.replace(tmp_engine, engine_path)
-    os.replace(tmp_side, side_file)
+    try:
+        tmp_engine.write_bytes(memoryview(plan))
+        tmp_side.write_text(json.dumps(side, indent=1))
+        side_file.unlink(missing_ok=True)
+        os.replace(tmp_engine, engine_path)
+        os.replace(tmp_side, side_file)
+    finally:  # a failed write (a full disk, a path that cannot be replaced) leaves no temporaries behind
+        tmp_engine.unlink(missing_ok=True)
+        tmp_side.unlink(missing_ok=True)
     side["engine"] = str(engine_path)
     return side
 
@@ -307,6 +315,8 @@ def check_sidecar(engine_path: str | os.PathLike, onnx_path: str | os.PathLike |
                              "'maskfr build-engine MODEL.onnx ...' so its target is recorded")
     try:
         side = json.loads(side_file.read_text())
+        if not isinstance(side, dict) or not all(k in side for k in SIDECAR_KEYS):  # read below without checks
+            raise ValueError(f"not an object with {', '.join(SIDECAR_KEYS)}")
     except ValueError as e:
         raise EngineMismatch(f"{engine_path}: its sidecar {side_file.name} is damaged ({e}); rebuild the engine "
                              "with 'maskfr build-engine MODEL.onnx ...'") from None

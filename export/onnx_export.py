@@ -60,10 +60,14 @@ def load_student(model_or_ckpt: "nn.Module | str | os.PathLike") -> tuple["nn.Mo
     path = Path(model_or_ckpt)
     if path.suffix == ".onnx":
         return _student_from_onnx(path), {"checkpoint": path.name, "metadata": read_metadata(path)}
-    try:  # a damaged, truncated or foreign file otherwise ends in torch's unpickler traceback
+    try:  # weights_only: a foreign pickle is refused, never run
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        raise ValueError(f"{path}: not a maskfr checkpoint, or damaged ({str(e).splitlines()[0][:200]})") from e
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError) as e:
+        # torch's own messages say nothing useful here (an empty EOFError, a KeyError of a byte value, advice
+        # to turn weights_only off), so say what the file is not
+        why = ("it holds Python objects besides tensors, which are not unpickled (that would run their code)"
+               if isinstance(e, pickle.UnpicklingError) else "not a file torch.save wrote, or truncated")
+        raise ValueError(f"{path}: not a maskfr checkpoint, or damaged: {why}") from e
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise ValueError(f"{path}: not a maskfr checkpoint (expected a dict with a 'model' state_dict)")
     model = create_student(pretrained=False)

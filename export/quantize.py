@@ -33,8 +33,9 @@ import contextlib
 import os
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -50,16 +51,42 @@ INT8_OPS = ("Conv", "MatMul", "Gemm", "Add", "Relu", "MaxPool", "AveragePool", "
 FP32_IN_FP16 = ("ReduceL2",)
 
 
+def check_fp32(src: str | os.PathLike) -> None:
+    """Refuse an FP16 or INT8 model: quantizing a QDQ model again ran for over ten minutes, and the mixed graphs
+    made from variants (``m.fp16.int8.onnx``) were never checked by anyone."""
+    from maskfr.export.engine import onnx_precision
+
+    have = onnx_precision(src)
+    if have != "fp32":
+        raise ValueError(f"{src} is already an {have.upper()} model: make the FP16 and INT8 variants from the FP32 "
+                         "export (maskfr export)")
+
+
+@contextlib.contextmanager
+def _written_then_renamed(dst: str | os.PathLike) -> Iterator[str]:
+    """A temporary path next to ``dst``, renamed to it when the block succeeds: a failed or interrupted run
+    leaves the previous file whole and nothing else behind."""
+    tmp = f"{os.fspath(dst)}.tmp-{os.getpid()}"
+    try:
+        yield tmp
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def to_fp16(src: str | os.PathLike, dst: str | os.PathLike, keep_io_types: bool = True) -> Path:
     """Write the FP16 variant of ``src`` (float32 IO unless ``keep_io_types`` is False)."""
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
+    check_fp32(src)
     proto = convert_float_to_float16(onnx.load(os.fspath(src)), keep_io_types=keep_io_types,
                                      op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP32_IN_FP16))
     _toposort(proto.graph)  # the converter appends the input Casts at the end of the node list
     onnx.checker.check_model(proto)
-    onnx.save(proto, os.fspath(dst))
+    with _written_then_renamed(dst) as tmp:
+        onnx.save(proto, tmp)
     return Path(dst)
 
 
@@ -122,7 +149,14 @@ def calibration_faces(cache: str | os.PathLike | dict, people: set[str] | None =
     if isinstance(cache, dict):
         z = cache
     else:
-        with np.load(cache, allow_pickle=False) as f:
+        try:  # numpy's own errors name no file, and call text "pickled data"
+            f = np.load(cache, allow_pickle=False)
+        except (ValueError, EOFError, zipfile.BadZipFile):
+            f = None
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise ValueError(f"{cache}: not an aligned-face cache (.npz), or truncated"
+                             + ("; an array of crops must be named .npy" if isinstance(f, np.ndarray) else ""))
+        with f:
             if not {"path", "img112", "img112_masked"} <= set(f.files):  # else a bare KeyError: 'path'
                 raise ValueError(f"{cache}: not an aligned-face cache (needs path, img112, img112_masked; "
                                  f"has {sorted(f.files)[:5]})")
@@ -198,20 +232,21 @@ def to_int8(src: str | os.PathLike, dst: str | os.PathLike, faces: np.ndarray, t
         raise ValueError(f"calibration method must be one of {sorted(methods)}, got {method!r}")
     if target not in ("tensorrt", "cpu"):
         raise ValueError(f"INT8 target must be 'tensorrt' or 'cpu', got {target!r}")
+    check_fp32(src)
     trt = target == "tensorrt"
     extra = {"ActivationSymmetric": trt, "WeightSymmetric": True, "QuantizeBias": False}
     if method == "percentile":
         extra["CalibPercentile"] = 99.999
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _written_then_renamed(dst) as out:
         pre = os.path.join(tmp, "pre.onnx")
         # shape inference + ORT's basic fusions (folds any per-channel affine left after a conv into it)
         quant_pre_process(os.fspath(src), pre, skip_symbolic_shape=True)
         with contextlib.redirect_stdout(sys.stderr):  # ORT's calibration progress; stdout is for --json
-            quantize_static(pre, os.fspath(dst), FaceCalibrationReader(faces), quant_format=QuantFormat.QDQ,
+            quantize_static(pre, out, FaceCalibrationReader(faces), quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=list(ops), per_channel=True, reduce_range=not trt,
                             activation_type=QuantType.QInt8 if trt else QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=methods[method], extra_options=extra)
-    _copy_metadata(src, dst)
+        _copy_metadata(src, out)
     return Path(dst)
 
 

@@ -69,7 +69,15 @@ def _pbtxt(cfg: dict[str, Any]) -> str:
 def _check_plan_batch(plan: str | os.PathLike, max_batch: int) -> None:
     side = Path(os.fspath(plan) + ".json")
     if side.exists():
-        batch_min, _, batch_max = json.loads(side.read_text())["profile"]["batch"]
+        try:  # json's or a bare KeyError's message would name neither the file nor the fix
+            info = json.loads(side.read_text())
+            batch_min, _, batch_max = (int(b) for b in info["profile"]["batch"])
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"{side}: damaged engine sidecar (not JSON with a batch profile); rebuild the engine "
+                             "with maskfr build-engine") from None
+        if info.get("flavour") == "tensorrt_rtx":  # it would be written, then refused when Triton loads it
+            raise ValueError(f"{plan} was built with TensorRT-RTX, which Triton does not load; build the plan with "
+                             "the full TensorRT of the Triton release that serves it")
         if max_batch > batch_max:
             raise ValueError(f"max_batch {max_batch} exceeds the engine profile's maximum {batch_max}")
         if batch_min > 1:  # dynamic batching sends any batch from 1 up, which the engine would reject

@@ -180,9 +180,13 @@ def engine_sidecar(path: str | Path) -> dict:
     for cand in (Path(str(path) + ".json"), path.with_suffix(".json")):
         if cand.is_file():
             try:
-                return json.loads(cand.read_text())
+                side = json.loads(cand.read_text())
             except json.JSONDecodeError as exc:
                 raise ValueError(f"engine sidecar {cand} is not valid JSON: {exc}") from None
+            if not isinstance(side, dict):  # every reader calls .get on it
+                raise ValueError(f"engine sidecar {cand} is not a JSON object; rebuild the engine with "
+                                 "`maskfr build-engine MODEL.onnx`")
+            return side
     return {}
 
 

@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
 # the extras each command needs beyond the runtime's own install
 EXTRAS = {"mask": "train", "eval": "train", "thresholds": "train", "train": "train", "export": "train,export",
           "quantize": "export", "build-engine": "export,trt", "export-triton": "export"}
+# commands whose RuntimeErrors are answers about the input (TensorRT cannot parse or build the model, the export
+# disagrees with torch) and whose ImportErrors name what to install (no TensorRT of the flavour asked for)
+EXPORT_COMMANDS = ("export", "quantize", "build-engine", "export-triton")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         # OSError (a file given as a folder, an unreadable image, a full disk) is bad input, not "no match";
         # KeyError's str() would add quotes
         message = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+    except (RuntimeError, ImportError) as exc:
+        if args.cmd not in EXPORT_COMMANDS:
+            raise
+        message = str(exc)
     print(f"maskfr {args.cmd}: error: {message}", file=sys.stderr)
     if getattr(args, "json", False):  # scripts reading --json get an object for failures too
         print(json.dumps({"error": message, "exit_code": 2}))

@@ -477,3 +477,144 @@ def test_runtime_points_to_the_real_engine_command(models):
 
     with pytest.raises(backends.BackendUnavailable, match="maskfr build-engine"):
         backends.load_runner(models["fp32"], "tensorrt")
+
+
+def test_quantize_refuses_a_model_that_is_already_fp16_or_int8(models, tmp_path, capsys):
+    """Variants come from the FP32 export: an INT8 model quantized again ran for over ten minutes, and FP16 or
+    INT8 ones came out as mixed graphs (m.fp16.int8.onnx) that nothing had checked."""
+    from maskfr.cli import main
+    from maskfr.export.quantize import to_fp16, to_int8
+
+    np.save(tmp_path / "crops.npy", models["faces"])
+    for key, flag in (("fp16", "--int8"), ("int8", "--fp16"), ("int8", "--int8")):
+        src = tmp_path / f"m.{key}.onnx"
+        src.write_bytes(models[key].read_bytes())
+        assert main(["quantize", str(src), flag, "--calib", str(tmp_path / "crops.npy")]) == 2, (key, flag)
+        err = capsys.readouterr().err
+        assert f"already an {key.upper()} model" in err and "FP32" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crops.npy", "m.fp16.onnx", "m.int8.onnx"]
+    with pytest.raises(ValueError, match="already an INT8 model"):
+        to_int8(models["int8"], tmp_path / "q.onnx", models["faces"])
+    with pytest.raises(ValueError, match="already an FP16 model"):
+        to_fp16(models["fp16"], tmp_path / "q.onnx")
+
+
+def test_export_names_foreign_and_damaged_checkpoints_without_unpickling(tmp_path, capsys):
+    """torch.load's own errors for such files were a traceback (an empty file), a bare number (a KeyError of
+    its unpickler) or advice to turn weights_only off; and a pickled object must never run."""
+    from maskfr.cli import main
+
+    sentinel = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(sentinel), "w"))
+
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "text.pt").write_text("junk\n")
+    torch.save({"model": Payload()}, tmp_path / "objects.pt")
+    for name in ("empty.pt", "text.pt", "objects.pt"):
+        assert main(["export", str(tmp_path / name), "-o", str(tmp_path / "x.onnx"), "--golden", "0"]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("maskfr export: error:") and f"{name}: not a maskfr checkpoint" in err, err
+        assert "weights_only" not in err and "trust" not in err, err
+    assert not sentinel.exists() and not (tmp_path / "x.onnx").exists()
+
+
+def test_quantize_names_unreadable_calibration_files(models, tmp_path, capsys):
+    """numpy's errors named neither the option nor the file (a truncated .npz was zipfile's traceback, text
+    was 'pickled data', an .npy under another suffix a TypeError): each is now one line naming --calib's file."""
+    from maskfr.cli import main
+
+    np.save(tmp_path / "crops.npy", models["faces"])
+    np.savez(tmp_path / "cache.npz", path=np.array(["a/a.jpg"] * 8), img112=models["faces"],
+             img112_masked=models["faces"])
+    npz, npy = (tmp_path / "cache.npz").read_bytes(), (tmp_path / "crops.npy").read_bytes()
+    files = {"empty.npz": b"", "cut.npz": npz[:len(npz) // 2], "text.npz": b"junk\n", "crops.bin": npy,
+             "empty.npy": b"", "cut.npy": npy[:60], "text.npy": b"junk\n"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        assert main(["quantize", str(models["fp32"]), "--int8", "--calib", str(tmp_path / name)]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("maskfr quantize: error:") and f"{name}: not " in err, (name, err)
+        assert "pickled" not in err, err
+
+
+def test_quantize_writes_then_renames(models, tmp_path, monkeypatch):
+    """A failed or interrupted quantization leaves the previous variant whole and no temporary behind."""
+    from maskfr.export import quantize
+
+    fp16, int8 = tmp_path / "m.fp16.onnx", tmp_path / "m.int8.onnx"
+    fp16.write_bytes(b"previous fp16")
+    int8.write_bytes(b"previous int8")
+    real_save = onnx.save
+
+    def disk_full(proto, path, *a, **k):  # half the file written, then ENOSPC
+        real_save(proto, path, *a, **k)
+        with open(path, "r+b") as f:
+            f.truncate(1000)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        quantize.to_fp16(models["fp32"], fp16)
+    monkeypatch.setattr(onnx, "save", real_save)
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quantize, "_copy_metadata", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        quantize.to_int8(models["fp32"], int8, models["faces"])
+    assert fp16.read_bytes() == b"previous fp16" and int8.read_bytes() == b"previous int8"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.fp16.onnx", "m.int8.onnx"]
+
+
+@pytest.mark.skipif(not HAVE_RTX, reason="tensorrt_rtx not installed (pip install tensorrt-rtx-cu13)")
+def test_build_engine_failures_are_one_line_and_leave_nothing(models, tmp_path, capsys):
+    """TensorRT's build failures (a fixed-batch ONNX against a 1:8:32 profile) and a missing TensorRT flavour
+    were tracebacks; an output path that is a folder left the engine's and sidecar's temporaries behind."""
+    from maskfr.cli import main
+
+    proto = onnx.load(models["fp32"])
+    dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    dim.ClearField("dim_param")
+    dim.dim_value = 1
+    fixed = tmp_path / "fixed.onnx"
+    onnx.save(proto, fixed)
+    assert main(["build-engine", str(fixed), "--precision", "fp32", "--sm", "86", "--json"]) == 2
+    out = capsys.readouterr()
+    assert out.err.startswith("maskfr build-engine: error:") and "failed to build" in out.err, out.err
+    assert "Traceback" not in out.err and json.loads(out.out)["exit_code"] == 2
+    if importlib.util.find_spec("tensorrt") is None:
+        assert main(["build-engine", str(models["fp32"]), "--precision", "fp32", "--sm", "86",
+                     "--flavour", "tensorrt"]) == 2
+        assert "no TensorRT found (tried tensorrt)" in capsys.readouterr().err
+    (tmp_path / "out").mkdir()
+    assert main(["build-engine", str(models["fp32"]), "--precision", "fp32", "--sm", "86", "-o",
+                 str(tmp_path / "out")]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    (tmp_path / "m.engine.json").mkdir()  # the sidecar cannot be replaced: found only after the build
+    assert main(["build-engine", str(models["fp32"]), "--precision", "fp32", "--sm", "86", "-o",
+                 str(tmp_path / "m.engine")]) == 2
+    assert "m.engine.json" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed.onnx", "m.engine.json", "out"]
+    assert not any((tmp_path / "out").iterdir())
+
+
+def test_triton_names_damaged_sidecars_and_refuses_tensorrt_rtx_plans(models, tmp_path):
+    """The plan's sidecar gave json's message without the file, a TypeError traceback or a bare 'profile'; and a
+    TensorRT-RTX engine (all a CPU machine builds) went into a repository Triton cannot load."""
+    from maskfr.export.triton import write_repository
+
+    plan = tmp_path / "m.engine"
+    plan.write_bytes(b"plan")
+    side = plan.with_name("m.engine.json")
+    for text in ('{"profile": ', "[1, 2]", json.dumps({"sm": 86})):
+        side.write_text(text)
+        with pytest.raises(ValueError, match=r"m\.engine\.json.*damaged.*maskfr build-engine"):
+            write_repository(tmp_path / "repo", models["fp32"], plan=plan)
+    side.write_text(json.dumps({"flavour": "tensorrt_rtx", "profile": {"batch": [1, 8, 32]}}))
+    with pytest.raises(ValueError, match="TensorRT-RTX.*Triton"):
+        write_repository(tmp_path / "repo", models["fp32"], plan=plan)
+    assert not (tmp_path / "repo").exists()

@@ -639,3 +639,20 @@ def test_cli_bench_runs(cli):
     """Every stage, gallery search included (its stand-in gallery lacked the mask flags galleries now keep)."""
     rc, out = cli("bench", "--batch", "1", "--seconds", "0.01", "--gallery-size", "10")
     assert rc == 0 and [r["stage"] for r in out["results"]] == ["embed", "preprocess", "gallery_search"]
+
+
+def test_engine_with_a_damaged_sidecar_is_refused_in_one_line(tmp_path, monkeypatch):
+    """A sidecar that is JSON but not build-engine's object was an AttributeError (a list) or KeyError (keys
+    missing) from deep in the loader; both now say the sidecar is damaged and how to rebuild."""
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"\0" * 64)
+    (tmp_path / "m.engine.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"m\.engine\.json is not a JSON object"):
+        backends.load_runner(engine, "tensorrt")
+    engine_mod = pytest.importorskip("maskfr.export.engine")
+    if backends._tensorrt() is None:
+        pytest.skip("no tensorrt(-rtx) package")
+    monkeypatch.setattr(backends, "_cudart", lambda: object())  # never reached: the sidecar check comes first
+    (tmp_path / "m.engine.json").write_text(json.dumps({"sm": 86}))
+    with pytest.raises(engine_mod.EngineMismatch, match=r"m\.engine\.json is damaged.*maskfr build-engine"):
+        backends.load_runner(engine, "tensorrt")

@@ -15,6 +15,18 @@ def _print(report: dict, as_json: bool, text: str) -> None:
     print(json.dumps(report, default=str) if as_json else text)
 
 
+def _at_least_one(text: str) -> int:
+    """``-n``: a negative count sliced faces off the end of the calibration set, and 0 failed later with a
+    message about the crops' shape."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0  # not a number: refused below, with the same message
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return n
+
+
 def _faces(cache: str | None, lfw: str | None, folds: str, n: int):
     """Calibration/parity faces from the aligned-face cache, restricted to the people of ``folds``."""
     from maskfr.export.quantize import calibration_faces, lfw_people
@@ -29,7 +41,6 @@ def _faces(cache: str | None, lfw: str | None, folds: str, n: int):
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from maskfr.export.golden import write_golden
     from maskfr.export.onnx_export import export_onnx
 
     bad = [kv for kv in a.meta if "=" not in kv]
@@ -49,10 +60,12 @@ def cmd_export(a: argparse.Namespace) -> int:
             raise ValueError(f"--thresholds: expected a JSON object of numbers such as {{\"far=1e-3\": 0.57}}, "
                              f"got {text.strip()[:100]!r}")
         meta["recommended_thresholds"] = json.dumps(thresholds)  # validated, one line
-    rep = export_onnx(a.ckpt, a.output, opset=a.opset, metadata=meta, simplify=not a.no_slim, verbose=not a.json)
+    golden = None
     if a.golden:
         from maskfr.export.golden import public_faces
-        rep["golden"] = str(write_golden(a.output, public_faces(a.golden)))
+        golden = public_faces(a.golden)
+    rep = export_onnx(a.ckpt, a.output, opset=a.opset, metadata=meta, simplify=not a.no_slim, verbose=not a.json,
+                      golden=golden)
     _print(rep, a.json, f"wrote {a.output} (sha256 {rep['sha256'][:12]}, min cosine vs torch "
                         f"{rep['parity']['min_cosine']:.7f})")
     return 0
@@ -153,7 +166,7 @@ def add_export_commands(sub: argparse._SubParsersAction) -> None:
                    "include masked ones), an aligned-face cache .npz (default ~/.cache/maskfr/lfw.npz) or an .npy of crops")
     q.add_argument("--lfw", help="LFW root: calibrate only on the people of --folds (recommended)")
     q.add_argument("--folds", default="1-5", help="LFW folds whose people calibrate (default 1-5)")
-    q.add_argument("-n", type=int, default=256, help="calibration faces (from the cache: half masked)")
+    q.add_argument("-n", type=_at_least_one, default=256, help="calibration faces (from the cache: half masked)")
     q.add_argument("--drawn-masks", type=float, default=0.5, metavar="F",
                    help="with --calib FOLDER: fraction of its faces that get a drawn mask of random colour first "
                         "(default 0.5, so masked faces are covered even if the folder has none)")

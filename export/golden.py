@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from maskfr.export.onnx_export import MIN_COSINE, compare, ort_embed, sha256
+from maskfr.cli_runtime import written_then_renamed
 
 
 def golden_path(model: str | os.PathLike) -> Path:
@@ -45,14 +46,21 @@ def public_faces(n: int = 16, seed: int = 0) -> np.ndarray:
     return np.ascontiguousarray(np.stack(crops))
 
 
-def write_golden(model: str | os.PathLike, faces: np.ndarray, out: str | os.PathLike | None = None) -> Path:
-    """Record ``faces`` (N,112,112,3 RGB uint8) and this model's ONNX Runtime embeddings of them."""
+def write_golden(model: str | os.PathLike, faces: np.ndarray, out: str | os.PathLike | None = None,
+                 model_name: str | None = None) -> Path:
+    """Record ``faces`` (N,112,112,3 RGB uint8) and this model's ONNX Runtime embeddings of them.
+
+    Written then renamed: a failed write leaves the previous golden file whole. ``model_name`` (default the
+    file name of ``model``) is the name recorded, for a model still under its temporary name.
+    """
     faces = np.ascontiguousarray(faces, np.uint8)
     if faces.ndim != 4 or faces.shape[1:] != (112, 112, 3):
         raise ValueError(f"golden faces must be (N,112,112,3) uint8 crops, got {faces.shape}")
     out = Path(out) if out else golden_path(model)
-    np.savez_compressed(out, inputs=faces, embeddings=ort_embed(model, faces),
-                        model_sha256=np.array(sha256(model)), model_name=np.array(Path(model).name))
+    # an open file: given a path, numpy would append .npz to the temporary's name
+    with written_then_renamed(out) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, inputs=faces, embeddings=ort_embed(model, faces), model_sha256=np.array(sha256(model)),
+                            model_name=np.array(model_name or Path(model).name))
     return out
 
 

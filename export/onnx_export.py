@@ -381,18 +381,27 @@ def fold_input_affine(proto: Any) -> int:
 
 def export_onnx(model_or_ckpt: "nn.Module | str | os.PathLike", path: str | os.PathLike, opset: int = OPSET,
                 metadata: dict[str, str] | None = None, simplify: bool = True, faces: np.ndarray | None = None,
-                min_cosine: float = MIN_COSINE, verbose: bool = True) -> dict[str, Any]:
+                min_cosine: float = MIN_COSINE, verbose: bool = True,
+                golden: np.ndarray | None = None) -> dict[str, Any]:
     """Export, check (checker + shape inference), optionally slim, and verify parity against torch.
 
     ``metadata`` entries override/extend :func:`default_metadata`. ``faces`` are aligned RGB
-    uint8 crops for the parity check (default :func:`parity_faces`). Raises ``RuntimeError``
-    when the export disagrees with torch; returns a report (path, sha256, parity, slim).
+    uint8 crops for the parity check (default :func:`parity_faces`). ``golden``: crops for the model's
+    golden file (:mod:`maskfr.export.golden`), written with the model so that a failure never leaves a new
+    model beside an earlier golden file. Raises ``RuntimeError`` when the export disagrees with torch;
+    returns a report (path, sha256, parity, slim, golden).
     """
     import onnx
 
-    model, info = load_student(model_or_ckpt)
     final = os.fspath(path)
-    Path(final).parent.mkdir(parents=True, exist_ok=True)
+    if os.path.isdir(final):  # else found by the final rename, after the whole export, naming the temporary
+        raise ValueError(f"the output path {final} is a folder; give a file name with -o")
+    model, info = load_student(model_or_ckpt)
+    try:
+        Path(final).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # errno's own message ("File exists") names only the folder, not why
+        why = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
+        raise ValueError(f"cannot create the folder of the output path {final}: {why}") from None
     # Written next to the destination and renamed once parity holds: a failed export must not replace (or
     # half-write) a model already there, and the output may be the very file being re-exported.
     path = f"{final}.tmp-{os.getpid()}"
@@ -416,6 +425,9 @@ def export_onnx(model_or_ckpt: "nn.Module | str | os.PathLike", path: str | os.P
         if not report["parity"]["passed"]:
             raise RuntimeError(f"{final}: ONNX export disagrees with torch (min cosine "
                                f"{report['parity']['min_cosine']:.6f} < {min_cosine}); nothing written")
+        if golden is not None:  # made from the checked temporary and renamed just before it: both or neither
+            from maskfr.export.golden import golden_path, write_golden
+            report["golden"] = str(write_golden(path, golden, golden_path(final), model_name=Path(final).name))
         os.replace(path, final)
     finally:
         if os.path.exists(path):

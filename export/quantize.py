@@ -35,11 +35,12 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from maskfr.align import to_input
+from maskfr.cli_runtime import written_then_renamed
 
 #: Ops quantized in the INT8 model; the normalisation tail (ReduceL2, Clip, Div) stays float.
 #: ``Relu`` is listed so that, in the CPU flavour (uint8, whose zero point clips at 0), the quantizer folds
@@ -62,19 +63,6 @@ def check_fp32(src: str | os.PathLike) -> None:
                          "export (maskfr export)")
 
 
-@contextlib.contextmanager
-def _written_then_renamed(dst: str | os.PathLike) -> Iterator[str]:
-    """A temporary path next to ``dst``, renamed to it when the block succeeds: a failed or interrupted run
-    leaves the previous file whole and nothing else behind."""
-    tmp = f"{os.fspath(dst)}.tmp-{os.getpid()}"
-    try:
-        yield tmp
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def to_fp16(src: str | os.PathLike, dst: str | os.PathLike, keep_io_types: bool = True) -> Path:
     """Write the FP16 variant of ``src`` (float32 IO unless ``keep_io_types`` is False)."""
     import onnx
@@ -85,7 +73,7 @@ def to_fp16(src: str | os.PathLike, dst: str | os.PathLike, keep_io_types: bool 
                                      op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP32_IN_FP16))
     _toposort(proto.graph)  # the converter appends the input Casts at the end of the node list
     onnx.checker.check_model(proto)
-    with _written_then_renamed(dst) as tmp:
+    with written_then_renamed(dst) as tmp:
         onnx.save(proto, tmp)
     return Path(dst)
 
@@ -237,7 +225,7 @@ def to_int8(src: str | os.PathLike, dst: str | os.PathLike, faces: np.ndarray, t
     extra = {"ActivationSymmetric": trt, "WeightSymmetric": True, "QuantizeBias": False}
     if method == "percentile":
         extra["CalibPercentile"] = 99.999
-    with tempfile.TemporaryDirectory() as tmp, _written_then_renamed(dst) as out:
+    with tempfile.TemporaryDirectory() as tmp, written_then_renamed(dst) as out:
         pre = os.path.join(tmp, "pre.onnx")
         # shape inference + ORT's basic fusions (folds any per-channel affine left after a conv into it)
         quant_pre_process(os.fspath(src), pre, skip_symbolic_shape=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Sequence
@@ -66,6 +67,14 @@ def _pbtxt(cfg: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _check_name(name: str) -> None:
+    """A model's name is its folder in the repository: anything but one plain folder name writes outside the
+    repository (``../x``, an absolute path) or where Triton finds no model (``''``, ``.``, ``a/b``)."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in (".", ".."):
+        raise ValueError(f"model name {name!r}: give one folder name of letters, digits, '_', '-' and '.' "
+                         "(not '.' or '..'); it is the model's folder in the repository")
+
+
 def _check_plan_batch(plan: str | os.PathLike, max_batch: int) -> None:
     side = Path(os.fspath(plan) + ".json")
     if side.exists():
@@ -96,6 +105,7 @@ def write_model(repo: str | os.PathLike, name: str, model: str | os.PathLike, on
     # max_batch_size 0 would tell Triton the dims include the batch axis, which the config drops
     if max_batch < 1 or instances < 1:
         raise ValueError(f"max_batch and instances must be >= 1, got {max_batch} and {instances}")
+    _check_name(name)
     inputs, outputs, meta = _io_from_onnx(onnx_path)  # IO names and dims checked there (check_student_io)
     if plan is None:
         plan = Path(model).suffix in (".plan", ".engine")
@@ -119,10 +129,13 @@ def write_repository(repo: str | os.PathLike, onnx_path: str | os.PathLike, plan
     """The ONNX model (``name``) and/or the TensorRT plan (``name_trt``) in a Triton repository."""
     if not include_onnx and plan is None:
         raise ValueError("nothing to write: without the ONNX model (--plan-only) give the engine with --plan")
+    _check_name(name)  # here too: with --plan-only, '' or '..' would pass as '_trt' or '.._trt'
     for f in [onnx_path] + ([plan] if plan is not None else []):  # before writing anything: no half repository
         if not Path(f).is_file():
             raise FileNotFoundError(f"no such file: {f}")
     if plan is not None:
+        if not os.path.getsize(plan):  # else written, and refused only when Triton loads the model
+            raise ValueError(f"{plan} is empty, not a TensorRT engine: rebuild it with maskfr build-engine")
         _check_plan_batch(plan, kw.get("max_batch", 32))
     out = []
     if include_onnx:

@@ -6,11 +6,13 @@ Exit codes scripts can rely on: the epilog of ``maskfr --help`` (:func:`maskfr.c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -262,11 +264,23 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def written_then_renamed(dst: str | os.PathLike) -> Iterator[str]:
+    """A temporary path next to ``dst`` for a writer that wants a path, renamed to ``dst`` when the block
+    succeeds: a failed or interrupted run leaves the previous file whole (or none) and nothing else behind."""
+    tmp = f"{os.fspath(dst)}.tmp-{os.getpid()}"
+    try:
+        yield tmp
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def write_then_rename(path: Path, data: bytes) -> None:
-    """An interrupted run leaves the previous file whole (or none), never a truncated one."""
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    """``data`` to ``path`` through :func:`written_then_renamed`."""
+    with written_then_renamed(path) as tmp:
+        Path(tmp).write_bytes(data)
 
 
 def _timeit(fn: Callable[[], Any], seconds: float) -> float:
@@ -467,4 +481,4 @@ def add_runtime_commands(sub: argparse._SubParsersAction) -> None:
     common(p)
 
 
-__all__ = ["add_runtime_commands", "calibrate", "write_then_rename"]
+__all__ = ["add_runtime_commands", "calibrate", "write_then_rename", "written_then_renamed"]

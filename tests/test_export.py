@@ -618,3 +618,108 @@ def test_triton_names_damaged_sidecars_and_refuses_tensorrt_rtx_plans(models, tm
     with pytest.raises(ValueError, match="TensorRT-RTX.*Triton"):
         write_repository(tmp_path / "repo", models["fp32"], plan=plan)
     assert not (tmp_path / "repo").exists()
+
+
+def test_export_writes_the_golden_file_then_renames_it_with_the_model(models, tmp_path, monkeypatch, capsys):
+    """The golden file was written in place after the new model had been renamed into place: a failed write left
+    the new model next to the previous (or a truncated) golden file. Both are now written first, then renamed."""
+    import os
+
+    from maskfr.cli import main
+    from maskfr.export import golden
+
+    ckpt = tmp_path / "final.pt"
+    torch.save({"model": models["student"].state_dict()}, ckpt)
+    monkeypatch.setattr(ox, "parity_faces", lambda: (models["faces"][:2], "test faces"))
+    monkeypatch.setattr(golden, "public_faces", lambda n: models["faces"][:n])
+    out = tmp_path / "out"
+    out.mkdir()
+    model, gold = out / "m.onnx", out / "m.golden.npz"
+    model.write_bytes(b"previous model")
+    gold.write_bytes(b"previous golden")
+    real_savez = np.savez_compressed
+
+    def disk_full(file, *args, **kwds):  # part of the file written, then ENOSPC
+        real_savez(file, *args, **kwds)
+        if isinstance(file, (str, os.PathLike)):
+            os.truncate(file, 100)
+        else:
+            file.truncate(100)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", disk_full)
+    argv = ["export", str(ckpt), "-o", str(model), "--no-slim", "--golden", "2"]
+    assert main(argv) == 2 and "No space" in capsys.readouterr().err
+    assert model.read_bytes() == b"previous model" and gold.read_bytes() == b"previous golden"
+    assert sorted(p.name for p in out.iterdir()) == ["m.golden.npz", "m.onnx"]  # no temporary left behind
+    monkeypatch.setattr(np, "savez_compressed", real_savez)
+    assert main(argv) == 0
+    rep = golden.check_golden(model)
+    assert rep["passed"] and rep["same_model"] and golden.read_golden(gold)["model_name"] == "m.onnx"
+    assert sorted(p.name for p in out.iterdir()) == ["m.golden.npz", "m.onnx"]
+
+
+def test_export_refuses_a_folder_or_an_uncreatable_folder_before_exporting(models, tmp_path, monkeypatch, capsys):
+    """-o onto a folder failed only after the whole export, naming a temporary file; a folder that cannot be
+    created gave errno's bare 'File exists'. Both are refused before exporting, naming the path."""
+    from maskfr.cli import main
+
+    ckpt = tmp_path / "final.pt"
+    torch.save({"model": models["student"].state_dict()}, ckpt)
+
+    def exported(*args, **kwds):
+        raise AssertionError("exported before the output path was checked")
+
+    monkeypatch.setattr(ox, "_torch_export", exported)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "file").write_text("")
+    for output, message in ((tmp_path / "out", "is a folder"), (tmp_path / "file" / "m.onnx", "cannot create"),
+                            (tmp_path / "file" / "sub" / "m.onnx", "cannot create")):
+        assert main(["export", str(ckpt), "-o", str(output), "--golden", "0"]) == 2, output
+        err = capsys.readouterr().err
+        assert message in err and str(output) in err and ".tmp-" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "final.pt", "out"]
+    assert not any((tmp_path / "out").iterdir())
+
+
+def test_quantize_refuses_fewer_than_one_calibration_face(capsys):
+    """-n -3 silently dropped the last three faces (a slice from the end), and -n 0 failed later with a message
+    about the crops' shape: both are refused when the arguments are parsed."""
+    from maskfr.cli import build_parser
+
+    for n in ("0", "-3", "x"):
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args(["quantize", "m.onnx", "--int8", "-n", n])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert "argument -n" in err and "whole number >= 1" in err and repr(n) in err, err
+    assert build_parser().parse_args(["quantize", "m.onnx", "--int8", "-n", "1"]).n == 1
+
+
+def test_export_triton_refuses_model_names_that_are_not_one_folder(models, tmp_path):
+    """--name is the model's folder in the repository: '../x' or an absolute path wrote outside it, '', '.' or
+    'a/b' somewhere in it that Triton does not read as a model."""
+    from maskfr.export.triton import write_repository
+
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"plan")
+    repo = tmp_path / "repo"
+    for name in ("../escaped", str(tmp_path / "abs"), "a/b", "", ".", "..", "two words"):
+        with pytest.raises(ValueError, match="model name"):
+            write_repository(repo, models["fp32"], name=name)
+        with pytest.raises(ValueError, match="model name"):
+            write_repository(repo, models["fp32"], plan=plan, name=name, include_onnx=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.plan"]
+    (d,) = write_repository(repo, models["fp32"], name="face-embed_v1.2")
+    assert d == repo / "face-embed_v1.2" and (d / "1" / "model.onnx").exists()
+
+
+def test_export_triton_refuses_an_empty_plan(models, tmp_path):
+    """An empty --plan file went into the repository; Triton refused it only when loading the model."""
+    from maskfr.export.triton import write_repository
+
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"m\.plan is empty"):
+        write_repository(tmp_path / "repo", models["fp32"], plan=plan)
+    assert not (tmp_path / "repo").exists()

@@ -3,8 +3,8 @@
 On screen by default; ``--headless`` writes the annotated frames to a video instead (MJPG .avi
 plays everywhere and needs no extra codecs). ``--enroll DIR`` builds the gallery from
 DIR/<identity>/*.jpg at start-up (an identity already in the gallery gets that folder's faces instead
-of its old ones, so restarting a camera does not enrol everyone again); ``--gallery FILE`` loads (and, with
---enroll, saves) one.
+of its old ones, so restarting a camera does not enrol everyone again; when no photo there shows a face, the
+old ones stay); ``--gallery FILE`` loads (and, with --enroll, saves) one.
 Live sources (camera, RTSP) go through :class:`LatestFrame`, so a recogniser slower than the camera
 always works on the newest frame (``--every-frame`` to process them all instead).
 """
@@ -112,10 +112,14 @@ def build(args: argparse.Namespace, detector: Any = None) -> tuple[FaceRecognize
         except ValueError as e:  # no <identity>/ folders with images
             raise SystemExit(f"--enroll: {e}") from None
         for person, paths in people.items():
-            if person in gallery:
+            old = gallery.templates(person) if person in gallery else None
+            if old is not None:
                 gallery.remove(person)
-            n = rec.enroll(gallery, person, paths)
-            print(f"enrolled {person}: {n} face(s)", file=sys.stderr)
+            n, kept = rec.enroll(gallery, person, paths), ""
+            if not n and old is not None:  # photos without a face must not delete the faces stored before
+                gallery.add(person, *old)
+                kept = f", kept the {len(old[0])} enrolled before"
+            print(f"enrolled {person}: {n} face(s){kept}", file=sys.stderr)
         if args.gallery:
             gallery.save(args.gallery)
     return rec, gallery
@@ -137,11 +141,11 @@ def run(cap: cv2.VideoCapture, args: argparse.Namespace, detector: Any = None, t
     """Process frames until the source ends (or q / Esc on screen); returns the frame count."""
     if not cap.isOpened():
         raise SystemExit(f"cannot open the video source ({title})")
-    rec, gallery = build(args, detector)
-    writer, n, t0 = None, 0, time.perf_counter()
+    writer, n, t0, ok = None, 0, time.perf_counter(), True
     fps = cap.get(cv2.CAP_PROP_FPS)
     fps = fps if 1 <= fps <= 240 else 25.0  # streams report 0, NaN or 90000 (a clock rate) too
     try:
+        rec, gallery = build(args, detector)
         while not args.max_frames or n < args.max_frames:
             ok, frame = cap.read()
             if not ok:
@@ -160,12 +164,18 @@ def run(cap: cv2.VideoCapture, args: argparse.Namespace, detector: Any = None, t
                 cv2.imshow(title, frame)
                 if cv2.waitKey(1) & 0xFF in (27, ord("q")):
                     break
+    except (ValueError, OSError, RuntimeError) as exc:
+        # the SDK's own messages (a gallery of another model, an unreadable photo, no model): one line, as the
+        # maskfr command prints them, not a traceback
+        raise SystemExit(f"error: {exc}") from None
     finally:
         cap.release()
         if writer is not None:
             writer.release()
         if not args.headless:
             cv2.destroyAllWindows()
+    if n == 0 and not ok:  # else "0 frames" and exit 0, with no output video
+        raise SystemExit(f"no frame could be read from {title} (an empty video, or a stream that sent none)")
     dropped = f" ({cap.dropped} older ones skipped)" if isinstance(cap, LatestFrame) else ""
     fps_run = n / max(time.perf_counter() - t0, 1e-9)
     print(f"{n} frames{dropped}, {fps_run:.1f} fps" + (f", wrote {args.out}" if writer else ""), file=sys.stderr)

@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None, detector: Any = None) -> int:
     p.add_argument("--height", type=int, default=720)
     add_common_args(p, live_source=True)
     args = p.parse_args(argv)
-    run(live(open_camera(args.camera, args.csi, args.width, args.height), args), args, detector, title="maskfr webcam")
+    cap = open_camera(args.camera, args.csi, args.width, args.height)
+    run(live(cap, args), args, detector, title=f"camera {args.camera}" + (" (CSI)" if args.csi else ""))
     return 0
 
 

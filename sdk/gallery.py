@@ -143,7 +143,7 @@ class Gallery:
             k = self._require(old)
             if new in self._names:
                 raise ValueError(f"identity {new!r} already exists")
-            if not new:
+            if not new or not isinstance(new, str):  # else saved, and the file then refused as damaged
                 raise ValueError("identity must be a non-empty string")
             self._names[k] = new
 
@@ -221,6 +221,8 @@ class Gallery:
     def save(self, path: str | Path) -> None:
         """Write atomically: temp file in the same folder, fsync, ``os.replace``."""
         path = Path(path)
+        if not path.parent.is_dir():  # else the error names the temporary file
+            raise FileNotFoundError(f"cannot save the gallery {path}: folder {path.parent} does not exist")
         with self._lock:
             header = {"format": FORMAT, "version": VERSION, "dim": self.dim, "model_version": self.model_version,
                       "n_identities": len(self._names), "n_templates": len(self._emb)}

@@ -156,6 +156,8 @@ def load_image(src: Any, channels: str = "bgr") -> np.ndarray:
         if img is None:
             raise ImageError("cannot decode image bytes (empty, corrupt or not an image)")
         return load_image(img)
+    if src is None:
+        raise ImageError("image is None (cv2.imread returns None for a file it cannot read)")
     img = np.asarray(src)
     if img.size == 0:
         raise ImageError(f"empty image array {img.shape}")
@@ -255,7 +257,7 @@ def _default_detector(threads: int | None = None, min_face: int | None = None) -
 
 def _image_list(images: Any) -> list:
     """One image (path, bytes, PIL image, (H, W[, C]) array) or an iterable of them -> a list of images."""
-    one = isinstance(images, (str, Path, bytes, bytearray)) or _is_pil(images) or (
+    one = images is None or isinstance(images, (str, Path, bytes, bytearray)) or _is_pil(images) or (
         isinstance(images, np.ndarray) and images.ndim in (2, 3))
     return [images] if one else list(images)
 

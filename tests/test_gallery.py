@@ -216,3 +216,15 @@ def test_mask_flags_are_kept_and_old_files_read_as_unknown(tmp_path):
     with np.load(tmp_path / "g.npz") as z:  # a file written before the flags
         np.savez(tmp_path / "old.npz", **{k: z[k] for k in z.files if k != "masked"})
     assert [m.masked for m in Gallery.load(tmp_path / "old.npz").search(e[2], 2)[0]] == [None, None]
+
+
+def test_rename_and_save_refuse_what_would_not_load(gal, tmp_path):
+    """rename() to a non-string was stored, and the saved gallery then failed to load as "damaged"; a save into a
+    missing folder named a temporary file the caller never gave."""
+    for bad in (5, ["a"], None, ""):
+        with pytest.raises(ValueError, match="non-empty string"):
+            gal.rename("id4", bad)
+    gal.save(tmp_path / "g.npz")
+    assert Gallery.load(tmp_path / "g.npz").identities == gal.identities
+    with pytest.raises(FileNotFoundError, match=r"cannot save the gallery .*g\.npz: folder .*no does not exist$"):
+        gal.save(tmp_path / "no" / "g.npz")

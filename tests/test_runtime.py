@@ -656,3 +656,15 @@ def test_engine_with_a_damaged_sidecar_is_refused_in_one_line(tmp_path, monkeypa
     (tmp_path / "m.engine.json").write_text(json.dumps({"sm": 86}))
     with pytest.raises(engine_mod.EngineMismatch, match=r"m\.engine\.json is damaged.*maskfr build-engine"):
         backends.load_runner(engine, "tensorrt")
+
+
+def test_none_image_says_what_gives_none(rec, tmp_path):
+    """cv2.imread returns None for a file it cannot read: embed/enroll raised "'NoneType' object is not
+    iterable", identify/verify "image must be (H, W) ..., got ()"."""
+    g = rec.new_gallery()
+    face = draw_faces([(1, 20, 30, 96)])
+    for call in (lambda: load_image(None), lambda: rec.embed(None), lambda: rec.enroll(g, "a", None),
+                 lambda: rec.identify(None, g), lambda: rec.verify(face, None),
+                 lambda: rec.embed(cv2.imread(str(tmp_path / "missing.jpg")))):
+        with pytest.raises(ImageError, match="image is None .*cv2.imread"):
+            call()

@@ -147,3 +147,60 @@ def test_stream_without_a_frame_rate_still_writes_its_video(tmp_path, sample):
     out = tmp_path / "out.avi"
     common.run(NoRate(), p.parse_args(["--model", str(model), "--headless", "--out", str(out)]), MarkerDetector())
     assert count_frames(out) == 4
+
+
+def test_sdk_errors_stop_a_sample_in_one_line(tmp_path, sample):
+    """A gallery of another model, a damaged gallery, an unreadable enrolment photo, a missing model or a gallery
+    in a missing folder: the SDK's message as a one-line exit, not a traceback (the camera is released too)."""
+    from maskfr.gallery import Gallery
+    video = write_video(tmp_path / "in.avi", n_frames=3)
+    model = make_model(tmp_path / "m.onnx")
+    Gallery(256, "other").save(tmp_path / "other.npz")
+    (tmp_path / "damaged.npz").write_bytes(b"PK\3\4 truncated")
+    people = tmp_path / "people"
+    (people / "alice").mkdir(parents=True)
+    (people / "alice" / "a.jpg").write_bytes(b"not a jpeg")
+    good = tmp_path / "good"
+    (good / "bob").mkdir(parents=True)
+    cv2.imwrite(str(good / "bob" / "a.jpg"), draw_faces([(2, 50, 40, 100)]))
+    common = [str(video), "--headless", "--out", str(tmp_path / "out.avi")]
+    for extra, message in ((["--model", str(model), "--gallery", str(tmp_path / "other.npz")], "re-enrol"),
+                           (["--model", str(model), "--gallery", str(tmp_path / "damaged.npz")], "damaged"),
+                           (["--model", str(model), "--enroll", str(people)], "a.jpg: cannot decode"),
+                           (["--model", str(tmp_path / "none.onnx")], "model file not found"),
+                           (["--model", str(model), "--enroll", str(good), "--gallery",
+                             str(tmp_path / "no" / "g.npz")], "cannot save the gallery .*folder .* does not exist")):
+        with pytest.raises(SystemExit, match=f"^error: .*{message}"):
+            sample("video").main(common + extra, detector=MarkerDetector())
+
+
+def test_restart_with_faceless_photos_keeps_the_stored_faces(tmp_path, sample):
+    """An identity is replaced by its folder's faces only when the folder gave some: photos in which no face is
+    found (a changed camera, a wrong folder) removed the person from the saved gallery."""
+    from maskfr.gallery import Gallery
+    video = write_video(tmp_path / "in.avi", n_frames=2)
+    model = make_model(tmp_path / "m.onnx")
+    people, gal = tmp_path / "people", tmp_path / "g.npz"
+    (people / "alice").mkdir(parents=True)
+    cv2.imwrite(str(people / "alice" / "a.jpg"), draw_faces([(1, 50, 40, 100)]))
+    args = [str(video), "--model", str(model), "--enroll", str(people), "--gallery", str(gal), "--headless",
+            "--out", str(tmp_path / "out.avi")]
+    assert sample("video").main(args, detector=MarkerDetector()) == 0
+    cv2.imwrite(str(people / "alice" / "a.jpg"), draw_faces([]))
+    assert sample("video").main(args, detector=MarkerDetector()) == 0
+    g = Gallery.load(gal)
+    assert g.identities == ["alice"] and g.n_templates == 1
+
+
+def test_sources_without_frames_are_errors(tmp_path, sample):
+    """A video without frames (or a stream that sends none) ended "0 frames" with exit 0 and no output video; a
+    camera that does not exist was reported as "cannot open the video source (maskfr webcam)", not by its index."""
+    model = make_model(tmp_path / "m.onnx")
+    empty = write_video(tmp_path / "empty.avi", n_frames=0)
+    out = tmp_path / "out.avi"
+    with pytest.raises(SystemExit, match="no frame .*empty.avi"):
+        sample("video").main([str(empty), "--model", str(model), "--headless", "--out", str(out)],
+                             detector=MarkerDetector())
+    with pytest.raises(SystemExit, match="camera 97"):
+        sample("webcam").main(["--camera", "97", "--model", str(model), "--headless", "--out", str(out)],
+                              detector=MarkerDetector())

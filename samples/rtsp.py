@@ -26,13 +26,18 @@ def main(argv: list[str] | None = None, detector: Any = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("url", help="rtsp://, http:// or any source OpenCV's FFmpeg backend opens")
     p.add_argument("--gstreamer", action="store_true", help="decode with GStreamer (Jetson hardware decoder)")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                   help="give up when the stream does not open, or sends no frame, for S seconds (FFmpeg; "
+                        "default 10: OpenCV's own 30 s varies with its build)")
     add_common_args(p, live_source=True)
     args = p.parse_args(argv)
     if args.gstreamer:
         cap = cv2.VideoCapture(gst_pipeline(args.url), cv2.CAP_GSTREAMER)
     else:
         os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
-        cap = cv2.VideoCapture(args.url, cv2.CAP_FFMPEG)
+        ms = int(args.timeout * 1000)
+        cap = cv2.VideoCapture(args.url, cv2.CAP_FFMPEG,
+                               [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
     run(live(cap, args), args, detector, title=args.url)
     return 0
 

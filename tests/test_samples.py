@@ -204,3 +204,21 @@ def test_sources_without_frames_are_errors(tmp_path, sample):
     with pytest.raises(SystemExit, match="camera 97"):
         sample("webcam").main(["--camera", "97", "--model", str(model), "--headless", "--out", str(out)],
                               detector=MarkerDetector())
+
+
+def test_rtsp_sample_bounds_open_and_read_time(sample, monkeypatch):
+    """A stream that accepts the connection and never answers must end within --timeout, on every OpenCV build."""
+    seen = {}
+
+    class Closed:
+        def __init__(self, url, api, params=()):
+            seen.update(url=url, api=api, params=dict(zip(params[::2], params[1::2])))
+
+        def isOpened(self) -> bool:
+            return False
+
+    monkeypatch.setattr(cv2, "VideoCapture", Closed)
+    with pytest.raises(SystemExit, match="cannot open the video source"):
+        sample("rtsp").main(["rtsp://cam/stream", "--timeout", "2.5", "--headless"])
+    assert seen["api"] == cv2.CAP_FFMPEG
+    assert seen["params"] == {cv2.CAP_PROP_OPEN_TIMEOUT_MSEC: 2500, cv2.CAP_PROP_READ_TIMEOUT_MSEC: 2500}

@@ -146,6 +146,8 @@ def cmd_identify(a: argparse.Namespace) -> int:
     from maskfr.gallery import Gallery
     rec = _recognizer(a)
     gallery = Gallery.load(a.gallery)
+    if not len(gallery):  # else every face reads "unknown", as if no one matched
+        raise ValueError(f"{a.gallery} holds no identities: enrol some with `maskfr enroll {a.gallery} FOLDER`")
     out, found = [], False
     for img in a.images:
         res = rec.identify(img, gallery, a.top_k)

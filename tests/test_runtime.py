@@ -611,6 +611,18 @@ def test_identify_accepts_when_any_template_clears_its_condition(tmp_path):
     assert hit.matches[0].similarity == pytest.approx(0.85, abs=1e-5) and hit.identity == "x" and hit.threshold == 0.75
 
 
+
+def test_cli_identify_refuses_an_empty_gallery(cli, tmp_path):
+    """Every face would read "unknown" (exit 1, as if no one matched): an empty gallery is a setup error."""
+    (tmp_path / "root" / "ann").mkdir(parents=True)
+    probe = tmp_path / "root" / "ann" / "a.png"
+    cv2.imwrite(str(probe), draw_faces([(3, 100, 80, 100)]))
+    gal = tmp_path / "g.npz"
+    assert cli("enroll", gal, tmp_path / "root")[0] == 0
+    assert cli("enroll", gal, "--remove", "ann")[1]["identities"] == 0
+    rc, out = cli("identify", gal, probe)
+    assert rc == 2 and "holds no identities" in out["error"]
+
 def test_cli_verify_and_demo_use_the_threshold_of_the_mask_condition(tmp_path, monkeypatch, capsys):
     """`maskfr verify` and `maskfr demo` judge a pair as FaceRecognizer.verify does on images: by the threshold of
     both faces' mask condition, not the pooled one (they passed bare embeddings, whose flags are not known)."""

@@ -248,6 +248,8 @@ class Gallery:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"gallery file not found: {path}")
+        if not zipfile.is_zipfile(path):  # else numpy's message: advice to load it "unsafely" with pickle
+            raise GalleryFormatError(f"{path}: not a maskfr gallery (not an .npz archive), or truncated")
         try:
             with np.load(path, allow_pickle=False) as z:
                 if "header" not in z.files:

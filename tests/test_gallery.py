@@ -93,14 +93,16 @@ def test_damaged_truncated_foreign_files(gal, tmp_path):
     p = tmp_path / "g.npz"
     gal.save(p)
     data = p.read_bytes()
-    cases = {"truncated": data[: len(data) // 2], "empty": b"", "foreign": b"GIF89a not a gallery"}
+    cases = {"truncated": data[: len(data) // 2], "empty": b"", "foreign": b"GIF89a not a gallery",
+             "text": b"alice,0.1,0.2\n", "npy": b"\x93NUMPY\x01\x00v\x00{'descr': '<f4'"}
     flipped = bytearray(data)
     flipped[len(data) // 3] ^= 0xFF  # inside the embeddings: CRC mismatch
     cases["flipped"] = bytes(flipped)
     for name, blob in cases.items():
         (tmp_path / name).write_bytes(blob)
-        with pytest.raises(GalleryFormatError, match="damaged|not a maskfr gallery"):
+        with pytest.raises(GalleryFormatError, match="damaged|not a maskfr gallery") as e:
             Gallery.load(tmp_path / name)
+        assert "pickle" not in str(e.value), name  # numpy's advice to load user files unsafely
     np.savez(tmp_path / "other.npz", a=np.zeros(3))
     with pytest.raises(GalleryFormatError, match="no header"):
         Gallery.load(tmp_path / "other.npz")

@@ -58,10 +58,15 @@ def images_in(folder: Path) -> list[Path]:
 
 
 def folder_images(root: Path) -> dict[str, list[Path]]:
-    """root/<identity>/*.jpg -> {identity: [paths]}."""
+    """root/<identity>/*.jpg -> {identity: [paths]}; identity folders without images are named on stderr (a
+    person whose photos sit one level deeper would otherwise be left out without a word)."""
     if not root.is_dir():
         raise FileNotFoundError(f"folder {root} does not exist")
     out = {d.name: images_in(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    empty = [k for k, v in out.items() if not v]
+    if empty and len(empty) < len(out):
+        print(f"note: {root}: skipped {len(empty)} folder(s) without images directly inside (sub-folders are not "
+              f"searched): {', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}", file=sys.stderr)
     out = {k: v for k, v in out.items() if v}
     if not out:
         raise ValueError(f"{root} has no <identity>/ sub-folders with images")

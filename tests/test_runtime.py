@@ -612,6 +612,15 @@ def test_identify_accepts_when_any_template_clears_its_condition(tmp_path):
 
 
 
+def test_enrolment_names_identity_folders_without_images(tmp_path, capsys):
+    from maskfr.cli_runtime import folder_images
+    for rel in ("ann/a.png", "dave/2019/b.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    assert list(folder_images(tmp_path)) == ["ann"]
+    assert "dave" in capsys.readouterr().err
+
+
 def test_cli_identify_refuses_an_empty_gallery(cli, tmp_path):
     """Every face would read "unknown" (exit 1, as if no one matched): an empty gallery is a setup error."""
     (tmp_path / "root" / "ann").mkdir(parents=True)

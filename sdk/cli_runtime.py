@@ -118,8 +118,10 @@ def cmd_enroll(a: argparse.Namespace) -> int:
     from maskfr.gallery import Gallery
     if a.identity and not a.folder:  # else nothing is enrolled, silently
         raise ValueError("--identity needs the FOLDER of that person's images")
-    rec = _recognizer(a)
     path = Path(a.gallery)
+    if not path.parent.is_dir():  # before the enrolment work, not after it
+        raise FileNotFoundError(f"cannot save the gallery {path}: folder {path.parent} does not exist")
+    rec = _recognizer(a)
     gallery = Gallery.load(path) if path.exists() else rec.new_gallery()
     report: dict[str, Any] = {}
     if a.remove:

@@ -621,8 +621,9 @@ def test_enrolment_names_identity_folders_without_images(tmp_path, capsys):
     assert "dave" in capsys.readouterr().err
 
 
-def test_cli_identify_refuses_an_empty_gallery(cli, tmp_path):
-    """Every face would read "unknown" (exit 1, as if no one matched): an empty gallery is a setup error."""
+def test_cli_setup_errors_are_named_up_front(cli, tmp_path):
+    """identify: every face would read "unknown" (exit 1, as if no one matched), so an empty gallery is a setup
+    error; enroll: a gallery path in a missing folder is refused before the enrolment work, not after."""
     (tmp_path / "root" / "ann").mkdir(parents=True)
     probe = tmp_path / "root" / "ann" / "a.png"
     cv2.imwrite(str(probe), draw_faces([(3, 100, 80, 100)]))
@@ -631,6 +632,8 @@ def test_cli_identify_refuses_an_empty_gallery(cli, tmp_path):
     assert cli("enroll", gal, "--remove", "ann")[1]["identities"] == 0
     rc, out = cli("identify", gal, probe)
     assert rc == 2 and "holds no identities" in out["error"]
+    rc, out = cli("enroll", tmp_path / "nowhere" / "g.npz", tmp_path / "root")
+    assert rc == 2 and "does not exist" in out["error"]
 
 def test_cli_verify_and_demo_use_the_threshold_of_the_mask_condition(tmp_path, monkeypatch, capsys):
     """`maskfr verify` and `maskfr demo` judge a pair as FaceRecognizer.verify does on images: by the threshold of

@@ -222,3 +222,53 @@ def test_rtsp_sample_bounds_open_and_read_time(sample, monkeypatch):
         sample("rtsp").main(["rtsp://cam/stream", "--timeout", "2.5", "--headless"])
     assert seen["api"] == cv2.CAP_FFMPEG
     assert seen["params"] == {cv2.CAP_PROP_OPEN_TIMEOUT_MSEC: 2500, cv2.CAP_PROP_READ_TIMEOUT_MSEC: 2500}
+
+
+class DroppingStream:
+    """An RTSP stand-in: each opening serves ``frames[k]`` frames then fails, as a camera that reboots does."""
+
+    def __init__(self, frames: list[int]):
+        self.frames, self.opened, self.served = frames, 0, 0
+
+    def open(self, *args):
+        k, self.opened = self.opened, self.opened + 1
+        left = self.frames[k] if k < len(self.frames) else 0
+        outer = self
+
+        class Cap:
+            def isOpened(self) -> bool:
+                return k < len(outer.frames)
+
+            def read(self):
+                nonlocal left
+                if left <= 0:
+                    return False, None
+                left -= 1
+                outer.served += 1
+                return True, np.full((120, 160, 3), 90, np.uint8)
+
+            def get(self, prop: int) -> float:
+                return -1.0 if prop == cv2.CAP_PROP_FRAME_COUNT else 25.0
+
+            def release(self) -> None:
+                pass
+
+        return Cap()
+
+
+@pytest.mark.parametrize("frames,attempts,max_frames,rc,opened", [([3, 4], 2, 7, 0, 2), ([3], 2, 0, 1, 3),
+                                                                    ([3, 4], 0, 0, 1, 1)])
+def test_rtsp_sample_reopens_a_dropped_stream(tmp_path, sample, monkeypatch, frames, attempts, max_frames, rc, opened):
+    """A drop is bridged by reopening (every frame of both connections processed); a stream that does not come
+    back within --reconnect attempts ends with exit code 1, for a service manager to restart."""
+    rtsp = sample("rtsp")
+    stream = DroppingStream(frames)
+    monkeypatch.setattr(cv2, "VideoCapture", stream.open)
+    monkeypatch.setattr(rtsp.time, "sleep", lambda s: None)
+    out = tmp_path / "out.avi"
+    got = rtsp.main(["rtsp://cam/stream", "--reconnect", str(attempts), "--max-frames", str(max_frames),
+                     "--every-frame", "--headless", "--out", str(out), "--model", str(make_model(tmp_path / "m.onnx"))],
+                    detector=MarkerDetector())
+    assert (got, stream.opened) == (rc, opened)
+    monkeypatch.undo()  # count_frames opens the written video with the real cv2.VideoCapture
+    assert count_frames(out) == stream.served == (sum(frames) if attempts else frames[0])

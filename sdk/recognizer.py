@@ -129,6 +129,30 @@ def _from_pil(img: Any) -> np.ndarray:
 _DECODE = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 
 
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as a PNG or JPEG header declares it, or None (another format, or a header not read):
+    a 20000x20000 JPEG of a few MB would otherwise be decoded (seconds, gigabytes) before its size is refused."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    i = 2 if data[:2] == b"\xff\xd8" else len(data)
+    while i + 9 <= len(data) and data[i] == 0xFF:  # JPEG segments up to the frame header (SOFn)
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn: length, precision, H, W
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
+def _decode(data: bytes, what: str) -> np.ndarray | None:
+    size = declared_size(data)
+    if size and size[0] * size[1] > MAX_PIXELS:
+        raise ImageError(f"{what}: image {size[0]}x{size[1]} exceeds {MAX_PIXELS} pixels (refused before decoding)")
+    return cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE)
+
+
 def load_image(src: Any, channels: str = "bgr") -> np.ndarray:
     """Any supported input -> BGR uint8 (H, W, 3), applying the conversions in the module docstring.
 
@@ -144,7 +168,7 @@ def load_image(src: Any, channels: str = "bgr") -> np.ndarray:
         data = path.read_bytes()
         if not data:
             raise ImageError(f"{path}: empty file")
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE)
+        img = _decode(data, str(path))
         if img is None:
             raise ImageError(f"{path}: cannot decode (corrupt or not an image)")
         try:
@@ -152,7 +176,7 @@ def load_image(src: Any, channels: str = "bgr") -> np.ndarray:
         except ImageError as exc:  # e.g. a float TIFF: say which of many files it was
             raise ImageError(f"{path}: {exc}") from None
     if isinstance(src, (bytes, bytearray)):
-        img = cv2.imdecode(np.frombuffer(src, np.uint8), _DECODE) if src else None
+        img = _decode(bytes(src), "image bytes") if src else None
         if img is None:
             raise ImageError("cannot decode image bytes (empty, corrupt or not an image)")
         return load_image(img)

@@ -179,6 +179,29 @@ def test_huge_images(model, monkeypatch):
     assert abs(face.box[0] - 37) < 4 and abs(face.box[2] - 162) < 6
 
 
+
+def test_huge_jpeg_and_png_are_refused_before_decoding(tmp_path, monkeypatch):
+    """The declared size is read from the header; a 20000x20000 file is refused without being decoded (seconds
+    and gigabytes on an edge device), and an ordinary one reads as before."""
+    import maskfr.recognizer as r
+    img = np.random.default_rng(0).integers(0, 255, (30, 50, 3), np.uint8)
+    exif = b"\xff\xe1" + (2 + 300).to_bytes(2, "big") + bytes(300)  # an APP1 segment before the frame header
+    jpg = bytearray(cv2.imencode(".jpg", img)[1].tobytes())
+    jpg[2:2] = exif
+    png = bytearray(cv2.imencode(".png", img)[1].tobytes())
+    assert r.declared_size(bytes(jpg)) == r.declared_size(bytes(png)) == (50, 30)
+    assert load_image(bytes(jpg)).shape == (30, 50, 3) and r.declared_size(b"GIF89a") is None
+    sof = next(i for i in range(2, len(jpg)) if jpg[i] == 0xFF and jpg[i + 1] in (0xC0, 0xC2))
+    jpg[sof + 5:sof + 9] = (20000).to_bytes(2, "big") * 2
+    png[16:24] = (20000).to_bytes(4, "big") * 2
+    monkeypatch.setattr(r.cv2, "imdecode", lambda *a: pytest.fail("decoded"))
+    for name, data in (("big.jpg", jpg), ("big.png", png)):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ImageError, match=f"{name}: image 20000x20000 exceeds"):
+            load_image(tmp_path / name)
+    with pytest.raises(ImageError, match="image bytes: image 20000x20000 exceeds"):
+        load_image(bytes(jpg))
+
 def test_long_thin_frames_are_not_a_crash(model):
     """A frame shrunk for detection whose short side rounded to 0 pixels: cv2.error, not an answer."""
     rec = FaceRecognizer(model, detector=MarkerDetector(), max_side=4096)

@@ -206,3 +206,96 @@ def test_missing_extra_names_the_pip_command(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(mf, "mask_folder", no_dlib)
     rc, err = _run(capsys, "mask", tmp_path / "a", tmp_path / "b")
     assert rc == 2 and "dlib is not installed; this command needs pip install 'maskfr[train]'" in err
+
+
+def _full_cache(path: Path, samples: list[Sample]) -> Path:
+    """An aligned-face cache of these samples with every field (blank faces)."""
+    n = len(samples)
+    shapes = {"img112": (112, 112, 3), "img112_masked": (112, 112, 3), "occ112": (112, 112), "chip150": (150, 150, 3),
+              "chip150_masked": (150, 150, 3), "lm68_112": (68, 2), "found": (), "found_masked": (), "box": (4,),
+              "box_masked": (4,), "score": ()}
+    np.savez(path, path=np.array([s.path for s in samples]), identity=np.array([s.identity for s in samples]),
+             **{k: np.zeros((n, *s), np.uint8) for k, s in shapes.items()})
+    return path
+
+
+@pytest.mark.parametrize("kind", ["missing", "not onnx", "not a face model"])
+def test_eval_and_thresholds_name_a_missing_or_foreign_model(tmp_path, capsys, kind):
+    """A typo in --model (or another ONNX file) was an onnxruntime traceback, or numpy's 'object too deep for
+    desired array' for a detector net."""
+    from maskfr.detector import MODELS_DIR
+    lfw = lfw_tree(tmp_path / "lfw")
+    cache = _full_cache(tmp_path / "c.npz", LFW(lfw).samples())
+    model = {"missing": tmp_path / "g2d_studnet.onnx", "not onnx": tmp_path / "notes.onnx",
+             "not a face model": MODELS_DIR / "mtcnn_pnet.onnx"}[kind]
+    if kind == "not onnx":
+        model.write_text("not a model\n")
+    message = {"missing": "not found", "not onnx": "cannot load", "not a face model": "is not (N, embedding_size)"}
+    for cmd in (["eval", "--mask-style", "procedural", "--out", tmp_path / "o"],
+                ["thresholds", "-o", tmp_path / "t.json"]):
+        rc, err = _run(capsys, *cmd, "--model", model, "--lfw", lfw, "--folds", "1-2", "--cache", cache)
+        assert rc == 2 and str(model) in err and message[kind] in err, err
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_config_that_does_not_run_is_named(tmp_path, capsys):
+    """A syntax error in a config was a SyntaxError traceback; a config importing a missing module was blamed on
+    the maskfr[train] extra."""
+    lfw = lfw_tree(tmp_path / "lfw")
+    cases = {"syntax.py": ("config = dict(name='x'\n", "line 1: '(' was never closed"),
+             "imports.py": ("import no_such_module\nconfig = dict()\n", "line 1: ModuleNotFoundError"),
+             "raises.py": ("c = {}\nconfig = dict(c['base'])\n", "line 2: KeyError: 'base'")}
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        rc, err = _run(capsys, "train", tmp_path / name, "--lfw", lfw)
+        assert rc == 2 and f"config {tmp_path / name}" in err and message in err, err
+        assert "maskfr[train]" not in err
+
+
+@pytest.mark.parametrize("kind", ["truncated", "text", "foreign npz", "lacks fields", "object array"])
+def test_damaged_or_foreign_cache_is_named(tmp_path, capsys, kind):
+    """A truncated cache was a BadZipFile traceback, a text file got numpy's advice to load it with pickle, a foreign
+    .npz 'path is not a file in the archive', one lacking the faces a KeyError later; none named the file or what to
+    do."""
+    lfw = lfw_tree(tmp_path / "lfw")
+    samples = LFW(lfw).samples()
+    cache = _full_cache(tmp_path / "c.npz", samples)
+    if kind == "truncated":
+        cache.write_bytes(cache.read_bytes()[:5000])
+    elif kind == "text":
+        cache.write_text("hello\n")
+    elif kind == "foreign npz":
+        np.savez(cache, a=np.arange(3))
+    elif kind == "object array":  # unpickling it could run code: numpy refuses, and its message named no file
+        np.savez(cache, path=np.array([{}], dtype=object), identity=np.array(["Ann_A"]))
+    else:
+        _fake_cache(cache, samples)  # path and identity only
+    before = cache.read_bytes()
+    for cmd in (["eval", "--mask-style", "procedural", "--out", tmp_path / "o", "--model", tmp_path / "m.onnx"],
+                ["thresholds", "-o", tmp_path / "t.json", "--model", tmp_path / "m.onnx"]):
+        rc, err = _run(capsys, *cmd, "--lfw", lfw, "--folds", "1-2", "--cache", cache)
+        assert rc == 2 and f"the cache {cache}" in err and "not an aligned-face cache" in err, err
+        assert "pickle" not in err
+    assert cache.read_bytes() == before  # never replaced or deleted: the user decides
+
+
+def test_training_modules_answer_bad_input_without_a_traceback(tmp_path):
+    """`python -m maskfr.training.lnet | mtcnn | qat` printed a traceback for every bad input (a missing folder,
+    model or config error); qat read the multi-GB face caches before finding its model missing."""
+    import subprocess
+    import sys
+    (tmp_path / "syntax.py").write_text("config = dict(\n")
+    runs = [("lnet", ["--data", tmp_path / "none", "--ckpt-dir", tmp_path / "ck", "--out", tmp_path / "l.onnx"],
+             f"no prepared chunks in {tmp_path / 'none'}"),
+            ("mtcnn", ["--data", tmp_path / "none", "finetune", "--init", tmp_path / "init", "--ckpt-dir", tmp_path,
+                       "--out", tmp_path / "o"], str(tmp_path / "init" / "mtcnn_pnet.onnx")),
+            ("qat", [tmp_path / "m.onnx", tmp_path / "syntax.py", "-o", tmp_path / "q.onnx"],
+             f"config {tmp_path / 'syntax.py'}, line 1"),
+            ("qat", [tmp_path / "m.onnx", CONFIGS / "g2d_cpu.py", "-o", tmp_path / "q.onnx", "--lfw", tmp_path / "no"],
+             str(tmp_path / "m.onnx"))]  # the model, not the LFW folder read after it
+    for module, argv, message in runs:
+        out = subprocess.run([sys.executable, "-m", f"maskfr.training.{module}", *map(str, argv)],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        last = out.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"python -m maskfr.training.{module}: error: ") and message in last, last

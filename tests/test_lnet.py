@@ -257,3 +257,12 @@ def test_detector_maps_lnet_points_to_frame_pixels(tmp_path: Path, size: int) ->
         f = (f + np.stack([1 - f[MIRROR, 0], f[MIRROR, 1]], 1)) / 2
         want = sq[:2] + f * (sq[2:] - sq[:2]) - 0.5
         assert np.allclose(d1.landmarks, want, atol=1e-3)
+
+
+def test_a_foreign_init_checkpoint_is_named(tmp_path: Path) -> None:
+    """``--init`` with a checkpoint of another trainer was a bare KeyError ('net')."""
+    init = tmp_path / "other.pt"
+    torch.save({"model": {}}, init)
+    faces, lm = np.zeros((4, 96, 96, 3), np.uint8), np.zeros((4, 5, 2), np.float32)
+    with pytest.raises(ValueError, match=f"checkpoint {init} is not one this trainer wrote .*lacks net"):
+        lnet.train(faces, lm, epochs=1, out_dir=tmp_path / "ck", init=init)

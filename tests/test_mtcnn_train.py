@@ -126,3 +126,17 @@ def test_prepare_degrades_copies_but_keeps_their_targets(tmp_path: Path, monkeyp
         return float(np.mean([cv2.Laplacian(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var() for f in faces]))
 
     assert detail(soft["face"]) < 0.5 * detail(sharp["face"])  # measured: 277 against 1244
+
+
+def test_a_damaged_checkpoint_is_named_and_kept(tmp_path: Path) -> None:
+    """Resuming from a truncated per-epoch checkpoint was a torch zip-error traceback naming no file."""
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(net.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0)
+    ckpt = tmp_path / "pnet.pt"
+    mtcnn.save_checkpoint(ckpt, net, opt, sched, 2)
+    assert mtcnn.resume(ckpt, net, opt, sched) == 2
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    with pytest.raises(ValueError, match=f"checkpoint {ckpt} is damaged"):
+        mtcnn.resume(ckpt, net, opt, sched)
+    assert len(ckpt.read_bytes()) == 100

@@ -82,3 +82,15 @@ def test_finetune_brings_the_quantized_model_closer_and_resumes(tmp_path: Path,
     again = qat.finetune(_net(), loader, steps=60, lr=1e-3, flavour="coarse", ckpt=tmp_path / "q.pt", log=lambda s: None)
     for a, b in zip(tuned.state_dict().values(), again.state_dict().values()):  # resumed at the end: same weights
         assert torch.equal(a, b)
+
+
+def test_a_damaged_checkpoint_is_named_and_kept(tmp_path: Path) -> None:
+    """Resuming from a truncated or foreign .qat.pt was a torch traceback (a zip error, a KeyError)."""
+    ckpt = tmp_path / "q.qat.pt"
+    torch.save({"net": {}, "epoch": 1}, ckpt)
+    with pytest.raises(ValueError, match=f"checkpoint {ckpt} .*lacks"):
+        qat.finetune(_net(), [], steps=1, ckpt=ckpt, log=lambda s: None)
+    ckpt.write_bytes(ckpt.read_bytes()[:50])
+    with pytest.raises(ValueError, match=f"checkpoint {ckpt} is damaged"):
+        qat.finetune(_net(), [], steps=1, ckpt=ckpt, log=lambda s: None)
+    assert len(ckpt.read_bytes()) == 50

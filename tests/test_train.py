@@ -344,3 +344,59 @@ def test_a_stage_trained_with_other_settings_is_not_reused_in_silence(tmp_path, 
     Trainer(other, _tiny_data(), MaskSynth(None), tmp_path, pretrained=False).run_stage("reformer", None)
     err = capsys.readouterr().err
     assert f"reusing {tmp_path / 'reformer.pt'}, trained with other settings (p_mask, stages.reformer)" in err
+
+
+class _RunsCode:
+    """A pickled object whose unpickling would run code (here: make a folder)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return os.makedirs, (str(self.marker),)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "foreign", "pickled object", "other data"])
+def test_a_damaged_or_foreign_checkpoint_is_named_and_kept(tmp_path, kind):
+    """Resuming from a truncated <stage>.partial.pt was a torch zip-error traceback naming no file, a foreign one a
+    bare KeyError ('head'), one of another run's identities a size-mismatch traceback; a pickled object in it ran."""
+    torch.set_num_threads(2)
+    cfg = _cfg(epochs=1)
+    cfg["generative_pretraining"] = False
+    trainer = Trainer(cfg, _tiny_data(), MaskSynth(None), tmp_path, pretrained=False)
+    partial = tmp_path / "reformer.partial.pt"
+    trainer._save(trainer._state("reformer", 0, trainer._optimizer("reformer")), partial)
+    if kind == "truncated":
+        partial.write_bytes(partial.read_bytes()[:300_000])
+    elif kind == "foreign":
+        torch.save({"net": {}, "opt": {}, "sched": {}, "epoch": 1}, partial)  # an MTCNN fine-tuning checkpoint
+    elif kind == "pickled object":
+        torch.save({"model": _RunsCode(tmp_path / "ran")}, partial)
+    before = partial.read_bytes()
+    n_ids = 5 if kind == "other data" else 4  # the classifier head of another set of identities
+    resumed = Trainer(cfg, _tiny_data(n_ids=n_ids), MaskSynth(None), tmp_path, pretrained=False)
+    message = {"truncated": "damaged", "foreign": "lacks", "pickled object": "Python objects",
+               "other data": "does not fit"}[kind]
+    with pytest.raises(ValueError, match=f"checkpoint {partial}.*{message}"):
+        resumed.run_stage("reformer", None)
+    assert partial.read_bytes() == before and not (tmp_path / "reformer.pt").exists()
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_damaged_or_foreign_teacher_cache_is_named(tmp_path):
+    """A truncated teacher-*.npy failed without its name; one of other faces (another row count) was used, and
+    training died in a DataLoader worker with an IndexError."""
+    from maskfr.training.train import teacher_embeddings
+    chips = np.zeros((3, 150, 150, 3), np.uint8)
+    cached = tmp_path / "teacher-lfw-0123456789ab.npy"
+    for bad in (np.zeros((10, 128), np.float32), np.zeros((3, 64), np.float32)):
+        np.save(cached, bad)
+        with pytest.raises(ValueError, match=f"{cached} holds .*, not 3 faces' 128-d embeddings"):
+            teacher_embeddings(chips, cached)
+    cached.write_bytes(cached.read_bytes()[:200])
+    with pytest.raises(ValueError, match=f"{cached}.*damaged"):
+        teacher_embeddings(chips, cached)
+    good = np.eye(3, 128, dtype=np.float32)
+    np.save(cached, good)
+    np.testing.assert_array_equal(teacher_embeddings(chips, cached), good)

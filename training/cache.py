@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -183,14 +184,37 @@ def mask_recipe(synth) -> dict:
             "p_below_nose": synth.p_below_nose, "p_scarf": synth.p_scarf}
 
 
+def _refuse(path: str | Path, why: str) -> ValueError:
+    return ValueError(f"the cache {path} is {why}, not an aligned-face cache of maskfr: delete it to have it rebuilt, "
+                      "or give another --cache")
+
+
+def _read(path: str | Path, fields: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """``fields`` of a built cache (None: every one but the mask recipe). numpy's errors for a damaged or foreign
+    file named no file (a BadZipFile traceback, "path is not a file in the archive") or advised loading it with
+    pickle."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+        raise _refuse(path, "damaged (truncated?) or another kind of file") from None
+    if not hasattr(z, "files"):  # a bare .npy array
+        raise _refuse(path, "a single array")
+    with z:
+        lacking = sorted(set(fields or FIELDS + ("path", "identity")) - set(z.files))
+        if lacking:
+            raise _refuse(path, f"an archive lacking {', '.join(lacking)}")
+        try:
+            return {k: z[k] for k in fields or [k for k in z.files if k != "masks"]}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile):  # an object array, a member cut short
+            raise _refuse(path, "damaged (a part of it cannot be read)") from None
+
+
 def missing(path: str | Path, samples: list[Sample]) -> list[str]:
     """The paths of ``samples`` that the built cache at ``path`` does not hold."""
-    with np.load(path, allow_pickle=False) as z:
-        have = set(z["path"].tolist())
+    have = set(_read(path, ("path",))["path"].tolist())
     return [s.path for s in samples if s.path not in have]
 
 
 def load(path: str | Path) -> dict[str, np.ndarray]:
     """Load a cache into memory: one array per field, a row per image (no pickled objects)."""
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files if k != "masks"}
+    return _read(path)

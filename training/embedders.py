@@ -51,16 +51,17 @@ def dlib_port_embedder(cache: dict) -> Callable[[bool], np.ndarray]:
 
 
 def onnx_embedder(model: str | Path, batch: int = 64) -> Callable[[dict], Callable[[bool], np.ndarray]]:
-    """An exported student (112x112 ArcFace crops, RGB, (x-127.5)/127.5) under ONNX Runtime."""
-    import onnxruntime as ort
+    """An exported student (112x112 ArcFace crops, RGB, (x-127.5)/127.5) under ONNX Runtime.
 
+    Opened as the runtime opens it (:func:`maskfr.backends.load_runner`), so a missing file, one that is not ONNX
+    or a model without (N, 3, 112, 112) -> (N, D) is named, where onnxruntime's own errors were a traceback.
+    """
     from maskfr.align import to_input
-    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
+    from maskfr.backends import load_runner
+    runner = load_runner(model, backend="cpu")
 
     def run(imgs: np.ndarray) -> np.ndarray:
-        return np.concatenate([sess.run(None, {name: to_input(imgs[i:i + batch])})[0]
-                               for i in range(0, len(imgs), batch)])
+        return np.concatenate([runner.infer(to_input(imgs[i:i + batch])) for i in range(0, len(imgs), batch)])
 
     def make(cache: dict) -> Callable[[bool], np.ndarray]:
         return lambda masked: l2n(run(cache["img112_masked" if masked else "img112"]))

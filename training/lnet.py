@@ -23,6 +23,7 @@ what is visible, worse on what a mask hides, so not packaged (RESULTS, "Heatmaps
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from torch import nn
 
 from maskfr.detector import LNET_INPUT as INPUT
 from maskfr.detector import MIRROR
+from maskfr.training import load_checkpoint, run_cli
 from maskfr.training.dlib_models import MIRROR68
 from maskfr.training.mtcnn import CACHE, FACE_PAD, resume, save_checkpoint
 
@@ -234,7 +236,7 @@ def train(faces: np.ndarray, lm: np.ndarray, epochs: int = 30, lr: float = 2e-3,
             start.points, net = points, start
         frozen = [m for m in net.features.modules() if isinstance(m, nn.BatchNorm2d)]
     elif init is not None:
-        net.load_state_dict(torch.load(init, weights_only=True)["net"])
+        net.load_state_dict(load_checkpoint(init, {"net"})["net"])
     net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     steps = math.ceil(len(faces) / batch)
@@ -302,4 +304,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, "python -m maskfr.training.lnet"))

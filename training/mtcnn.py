@@ -13,11 +13,14 @@ of the box) in ArcFace order.
 from __future__ import annotations
 
 import io
+import sys
 import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from maskfr.training import load_checkpoint, run_cli
 
 NETS = ("pnet", "rnet", "onet")
 
@@ -425,7 +428,7 @@ def resume(ckpt: Path, net: nn.Module, opt: torch.optim.Optimizer, sched) -> int
     """Load a per-epoch checkpoint written by :func:`save_checkpoint` if there is one; the epoch to start at."""
     if not ckpt.exists():
         return 0
-    state = torch.load(ckpt, weights_only=True)
+    state = load_checkpoint(ckpt, {"net", "opt", "sched", "epoch"})
     net.load_state_dict(state["net"])
     opt.load_state_dict(state["opt"])
     sched.load_state_dict(state["sched"])
@@ -500,4 +503,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, "python -m maskfr.training.mtcnn"))

@@ -17,12 +17,15 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
+
+from maskfr.training import load_checkpoint, run_cli
 
 #: (weight levels each side of 0, activation range): ``cpu`` is U8S8 with 7-bit weights (reduce_range),
 #: ``tensorrt`` S8S8, as :func:`maskfr.export.quantize.to_int8` writes them.
@@ -107,7 +110,7 @@ def finetune(model: nn.Module, loader, steps: int, lr: float = 1e-5, flavour: st
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
     step = 0
     if ckpt is not None and ckpt.exists():
-        st = torch.load(ckpt, weights_only=True)
+        st = load_checkpoint(ckpt, {"model", "opt", "sched", "step"})
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         sched.load_state_dict(st["sched"])
@@ -162,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ckpt", help="resumable state (default: next to --output, .qat.pt)")
     a = ap.parse_args(argv)
     cfg = load_config(a.config)
+    model, info = load_student(a.model)  # before the face caches, which take minutes to read (or hours to build)
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(cfg["seed"])
     lfw_root = Path(a.lfw)
@@ -173,7 +177,6 @@ def main(argv: list[str] | None = None) -> None:
                      jitter=cfg.get("align_jitter"), degrade=cfg.get("degrade"))
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg["batch_size"], shuffle=True, drop_last=True,
                                          num_workers=cfg["workers"], generator=torch.Generator().manual_seed(0))
-    model, info = load_student(a.model)
     out = Path(a.output)
     model = finetune(model, loader, a.steps, a.lr, a.flavour, Path(a.ckpt) if a.ckpt else out.with_suffix(".qat.pt"))
     meta = {**info.get("metadata", {}),  # thresholds, version: the source's (its embeddings are kept)
@@ -183,4 +186,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, "python -m maskfr.training.qat"))

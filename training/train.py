@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from maskfr.align import to_input
+from maskfr.training import load_checkpoint
 from maskfr.training.dlib_models import MIRROR68
 from maskfr.training.losses import (hinge_critic_loss, hinge_generator_loss, inpaint_loss, instance_kd,
                                     perceptual_loss, relation_kd)
@@ -42,8 +44,17 @@ def load_config(path: str | Path) -> dict:
     spec = importlib.util.spec_from_file_location("maskfr_config", path) if str(path).endswith(".py") else None
     if spec is None:
         raise ValueError(f"config {path}: expected a Python file (.py) defining config = dict(...)")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"config {path}: no such file")
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    try:
+        spec.loader.exec_module(mod)
+    except SyntaxError as exc:  # was a traceback
+        raise ValueError(f"config {exc.filename or path}, line {exc.lineno}: {exc.msg}") from None
+    except Exception as exc:  # an ImportError in it was blamed on the train extra by the CLI
+        line = next((f.lineno for f in reversed(traceback.extract_tb(exc.__traceback__))
+                     if Path(f.filename) == Path(path)), "?")
+        raise ValueError(f"config {path}, line {line}: {type(exc).__name__}: {exc}") from None
     if not isinstance(getattr(mod, "config", None), dict):
         raise ValueError(f"config {path}: defines no config = dict(...)")
     cfg = dict(mod.config)
@@ -306,9 +317,20 @@ class MaskedFaces(torch.utils.data.Dataset):
 
 
 def teacher_embeddings(chips: np.ndarray, cache_file: Path) -> np.ndarray:
-    """dlib teacher (our parity-tested port, under ONNX Runtime) on unmasked chips, L2-normalised, cached."""
+    """dlib teacher (our parity-tested port, under ONNX Runtime) on unmasked chips, L2-normalised, cached.
+
+    A cached file of other faces was used as it was: training then died in a DataLoader worker (IndexError).
+    """
     if cache_file.exists():
-        return np.load(cache_file)
+        try:
+            emb = np.load(cache_file, allow_pickle=False)
+        except (ValueError, OSError, EOFError):  # numpy's words: "file seems not fully written?", or pickle advice
+            raise ValueError(f"the teacher cache {cache_file} is damaged (truncated, or not an array numpy "
+                             "saved): delete it to have it recomputed") from None
+        if emb.shape != (len(chips), 128):
+            raise ValueError(f"the teacher cache {cache_file} holds an array of shape {emb.shape}, not "
+                             f"{len(chips)} faces' 128-d embeddings: delete it to have it recomputed")
+        return emb
     from maskfr.training.teacher import OnnxTeacher
     emb = OnnxTeacher()(chips)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
@@ -348,6 +370,8 @@ def build_trainset(cfg: dict, lfw_cache: dict | None, celeba_cache: dict | None,
                     teacher_mirror=np.concatenate(mirrored).astype(np.float32) if mirrored else None)
 
 
+# what every <stage>.pt and <stage>.partial.pt holds (Trainer._state)
+STAGE_CKPT_KEYS = {"model", "decoder", "head", "optimizer", "stage", "epoch", "config", "git_rev", "torch_rng"}
 RUN_ONLY_KEYS = {"name", "threads", "workers", "log_every", "device", "wise_alpha"}  # do not change a stage's weights
 
 
@@ -405,15 +429,19 @@ class Trainer:
         tmp.replace(path)
 
     def _load(self, path: Path, opt: torch.optim.Optimizer | None = None) -> dict:
-        st = torch.load(path, map_location="cpu", weights_only=False)
-        self.student.load_state_dict(st["model"])
-        self.decoder.load_state_dict(st["decoder"])
-        self.head.load_state_dict(st["head"])
-        if opt is not None and st.get("optimizer"):
-            opt.load_state_dict(st["optimizer"])
-        if self.critic is not None and "critic" in st:
-            self.critic.load_state_dict(st["critic"])
-            self.critic_opt.load_state_dict(st["critic_optimizer"])
+        st = load_checkpoint(path, STAGE_CKPT_KEYS)
+        try:
+            self.student.load_state_dict(st["model"])
+            self.decoder.load_state_dict(st["decoder"])
+            self.head.load_state_dict(st["head"])
+            if opt is not None and st.get("optimizer"):
+                opt.load_state_dict(st["optimizer"])
+            if self.critic is not None and "critic" in st:
+                self.critic.load_state_dict(st["critic"])
+                self.critic_opt.load_state_dict(st["critic_optimizer"])
+        except (RuntimeError, ValueError) as exc:  # e.g. a head for another number of identities: a traceback
+            raise ValueError(f"checkpoint {path} does not fit this run (trained on other data or with another "
+                             f"config: {' '.join(str(exc).split())[:300]}); give another --run") from None
         torch.set_rng_state(st["torch_rng"])
         return st
 
@@ -549,7 +577,7 @@ class Trainer:
                 continue
             prev = self.run_stage(stage, prev)
         final = self.run / "final.pt"
-        st = torch.load(prev, map_location="cpu", weights_only=False)
+        st = load_checkpoint(prev, STAGE_CKPT_KEYS)
         model = st["model"]
         if self.cfg.get("wise_alpha", 1.0) != 1.0:  # back part of the way to the starting weights (WiSE-FT)
             model = interpolate_weights(self.start, model, self.cfg["wise_alpha"])
@@ -565,7 +593,7 @@ def load_inpainter(path: Path) -> tuple[G2DStudent, Decoder]:
     The reformer stage goes on to fine-tune the encoder for identity, and the decoder was never trained
     to read that encoder: the inpainter is the pair the inpainting stage saved.
     """
-    st = torch.load(path, map_location="cpu", weights_only=False)
+    st = load_checkpoint(path, {"model", "decoder"})
     student, decoder = create_student(pretrained=False), Decoder()
     student.load_state_dict(st["model"])
     decoder.load_state_dict(st["decoder"])

@@ -53,6 +53,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
     pairs = lfw_pairs(a.lfw, folds)
     if not pairs:
         raise ValueError(f"no pairs of folds {a.folds} in {Path(a.lfw) / 'pairs.txt'}")
+    # opened before the cache is built (up to half an hour on a fresh machine): a mistyped model is named at once
+    makers = {m: {"dlib": dlib_embedder, "dlib-port": dlib_port_embedder}.get(m) or onnx_embedder(m)
+              for m in (a.model, a.baseline) if m}
     need = sorted({p.a for p in pairs} | {p.b for p in pairs})
     wanted = set(need)
     people = sorted({Path(p).parent.name for p in need})
@@ -67,7 +70,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     sub = {k: v[rows] for k, v in cache.items()}
 
     def embeddings(model: str) -> dict:
-        embed = ({"dlib": dlib_embedder, "dlib-port": dlib_port_embedder}.get(model) or onnx_embedder(model))(sub)
+        embed = makers[model](sub)
         return {masked: embed(masked) for masked in (False, True)}
 
     emb = embeddings(a.model)
@@ -101,6 +104,7 @@ def cmd_thresholds(a: argparse.Namespace) -> int:
     wanted = _folds(a.folds)
     if wanted[-1] > len(folds):
         raise ValueError(f"--folds {a.folds}: {Path(a.lfw) / 'people.txt'} has {len(folds)} folds")
+    embedder = onnx_embedder(a.model)  # a mistyped model named before the cache is read
     people = sorted({p for f in wanted for p in folds[f - 1]})
     cache_path = Path(a.cache) if a.cache else fc.lfw_cache_path()
     if not cache_path.exists():
@@ -115,7 +119,7 @@ def cmd_thresholds(a: argparse.Namespace) -> int:
     cache = fc.load(cache_path)
     rows = np.flatnonzero(np.isin(cache["identity"], people))
     sub = {k: v[rows] for k, v in cache.items()}
-    rep = recommended_thresholds(onnx_embedder(a.model)(sub), sub)
+    rep = recommended_thresholds(embedder(sub), sub)
     rep.update(model=str(a.model), folds=a.folds)
     write_then_rename(Path(a.output), (json.dumps(rep["thresholds"]) + "\n").encode())
     print(json.dumps(rep))

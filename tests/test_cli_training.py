@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import lfw_tree
+from runtime_helpers import make_model
 
 from maskfr.cli import main
 from maskfr.training import cache as fc
@@ -97,8 +98,8 @@ def test_cache_built_for_fewer_images_is_refused(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"holds 4 of the 6 images asked for .* lacks .*Bob_B_0002\.jpg"):
         fc.build(samples, out, None)
     assert fc.build(samples[1:3], out, None) == out  # a cache holding every image asked for is used as it is
-    rc, err = _run(capsys, "thresholds", "--lfw", lfw, "--folds", "2", "--model", tmp_path / "m.onnx", "--cache", out,
-                   "-o", tmp_path / "t.json")
+    rc, err = _run(capsys, "thresholds", "--lfw", lfw, "--folds", "2", "--model", make_model(tmp_path / "m.onnx"),
+                   "--cache", out, "-o", tmp_path / "t.json")
     assert rc == 2 and "lacks 1 images of the people of folds 2" in err and not (tmp_path / "t.json").exists()
 
 
@@ -236,6 +237,10 @@ def test_eval_and_thresholds_name_a_missing_or_foreign_model(tmp_path, capsys, k
         rc, err = _run(capsys, *cmd, "--model", model, "--lfw", lfw, "--folds", "1-2", "--cache", cache)
         assert rc == 2 and str(model) in err and message[kind] in err, err
     assert not (tmp_path / "t.json").exists()
+    # named before a cache is built (up to half an hour on a fresh machine), not after
+    rc, err = _run(capsys, "eval", "--mask-style", "procedural", "--model", model, "--lfw", lfw, "--folds", "1-2",
+                   "--cache", tmp_path / "fresh.npz")
+    assert rc == 2 and message[kind] in err and not (tmp_path / "fresh.npz").exists()
 
 
 def test_config_that_does_not_run_is_named(tmp_path, capsys):
@@ -271,8 +276,9 @@ def test_damaged_or_foreign_cache_is_named(tmp_path, capsys, kind):
     else:
         _fake_cache(cache, samples)  # path and identity only
     before = cache.read_bytes()
-    for cmd in (["eval", "--mask-style", "procedural", "--out", tmp_path / "o", "--model", tmp_path / "m.onnx"],
-                ["thresholds", "-o", tmp_path / "t.json", "--model", tmp_path / "m.onnx"]):
+    model = make_model(tmp_path / "m.onnx")  # a model that opens: it is opened before the cache is read
+    for cmd in (["eval", "--mask-style", "procedural", "--out", tmp_path / "o", "--model", model],
+                ["thresholds", "-o", tmp_path / "t.json", "--model", model]):
         rc, err = _run(capsys, *cmd, "--lfw", lfw, "--folds", "1-2", "--cache", cache)
         assert rc == 2 and f"the cache {cache}" in err and "not an aligned-face cache" in err, err
         assert "pickle" not in err

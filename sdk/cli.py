@@ -9,9 +9,9 @@ from pathlib import Path
 
 def _folds(text: str) -> list[int]:
     """``6-10`` or ``6``: LFW folds, numbered 1-10 as pairs.txt and people.txt number them."""
-    lo, _, hi = text.partition("-")
-    try:
-        folds = list(range(int(lo), int(hi or lo) + 1))
+    lo, dash, hi = text.partition("-")
+    try:  # "6-" read as fold 6
+        folds = list(range(int(lo), int(hi if dash else lo) + 1))
     except ValueError:
         folds = []
     # "11" or "5-1" matched no pair (a confusing "need at least one array" later), and "0" read fold 10

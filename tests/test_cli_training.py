@@ -22,7 +22,7 @@ def _run(capsys, *argv) -> tuple[int, str]:
     return rc, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("folds", ["11", "5-1", "abc", "0", "", "3-12"])
+@pytest.mark.parametrize("folds", ["11", "5-1", "abc", "0", "", "3-12", "6-"])
 def test_bad_folds_are_named(tmp_path, capsys, folds):
     lfw = lfw_tree(tmp_path / "lfw")
     for cmd in (["eval", "--mask-style", "procedural", "--cache", tmp_path / "c.npz", "--out", tmp_path / "o"],
@@ -305,3 +305,16 @@ def test_training_modules_answer_bad_input_without_a_traceback(tmp_path):
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
         last = out.stderr.strip().splitlines()[-1]
         assert last.startswith(f"python -m maskfr.training.{module}: error: ") and message in last, last
+
+
+def test_train_checks_people_and_pairs_before_any_work(tmp_path, capsys, monkeypatch):
+    """people.txt was read after the cache build (an IndexError for a config's folds it lacks), pairs.txt after the
+    training."""
+    monkeypatch.setattr(fc, "build", lambda *a, **k: pytest.fail("the cache was built first"))
+    lfw = lfw_tree(tmp_path / "lfw")  # two folds
+    rc, err = _run(capsys, "train", CONFIGS / "g2d_cpu.py", "--lfw", lfw, "--masks", tmp_path)
+    assert rc == 2 and "has 2 folds" in err, err
+    (lfw / "pairs.txt").unlink()
+    rc, err = _run(capsys, "train", CONFIGS / "g2d_cpu.py", "--lfw", lfw, "--masks", tmp_path, "--set",
+                   "train_lfw_folds=[1]", "--eval")
+    assert rc == 2 and "pairs.txt" in err, err

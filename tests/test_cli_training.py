@@ -1,6 +1,9 @@
 """Bad input to the training and evaluation commands: a clear error (exit 2) before any work, never a traceback,
 a silently wrong result or a damaged source folder."""
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -103,6 +106,17 @@ def test_cache_built_for_fewer_images_is_refused(tmp_path, capsys):
     assert rc == 2 and "lacks 1 images of the people of folds 2" in err and not (tmp_path / "t.json").exists()
 
 
+def test_cache_of_the_same_images_elsewhere_is_named(tmp_path, capsys):
+    """LFW moved (or mounted elsewhere) was told its cache was "built for others, e.g. by 'maskfr eval'"."""
+    _fake_cache(tmp_path / "lfw.npz", LFW(lfw_tree(tmp_path / "old")).samples())
+    lfw = lfw_tree(tmp_path / "new")
+    with pytest.raises(ValueError, match=f"built from the images at another path \\({tmp_path / 'old'}"):
+        fc.build(LFW(lfw).samples(), tmp_path / "lfw.npz", None)
+    rc, err = _run(capsys, "thresholds", "--lfw", lfw, "--folds", "2", "--model", make_model(tmp_path / "m.onnx"),
+                   "--cache", tmp_path / "lfw.npz", "-o", tmp_path / "t.json")
+    assert rc == 2 and "another path" in err
+
+
 def test_mask_refuses_to_write_into_its_source(tmp_path):
     src = tmp_path / "src" / "p"
     src.mkdir(parents=True)
@@ -112,6 +126,17 @@ def test_mask_refuses_to_write_into_its_source(tmp_path):
         with pytest.raises(ValueError, match="inside it"):
             mask_folder(tmp_path / "src", dst)
     assert (src / "blank.jpg").read_bytes() == before and sorted(p.name for p in src.iterdir()) == ["blank.jpg"]
+
+
+def test_mask_names_a_source_that_is_missing_a_file_or_empty(tmp_path, capsys):
+    """A mistyped or empty folder "masked 0 images" and exited 0; a file was called missing."""
+    (tmp_path / "empty" / "p").mkdir(parents=True)
+    (tmp_path / "empty" / "p" / "notes.txt").write_text("x")
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    for src, says in (("empty", "no images (.jpg"), ("a.jpg", "is not a folder"), ("nowhere", "does not exist")):
+        rc, err = _run(capsys, "mask", tmp_path / src, tmp_path / "dst")
+        assert rc == 2 and says in err and str(tmp_path / src) in err
+    assert not (tmp_path / "dst").exists()
 
 
 def test_mask_copies_unreadable_files_and_goes_on(tmp_path):
@@ -147,8 +172,6 @@ def test_mask_writes_then_renames(tmp_path, monkeypatch):
 
 def test_bad_masks_folder_is_an_error_not_a_hang(tmp_path):
     """MaskSynth raised in every cache worker's initializer, which multiprocessing restarts forever."""
-    import subprocess
-    import sys
     code = ("from maskfr.training import cache as fc; from maskfr.training.data import Sample; "
             f"fc.build([Sample('/x/a.jpg', 'a')], {str(tmp_path / 'c.npz')!r}, {str(tmp_path / 'nomasks')!r})")
     try:
@@ -288,8 +311,6 @@ def test_damaged_or_foreign_cache_is_named(tmp_path, capsys, kind):
 def test_training_modules_answer_bad_input_without_a_traceback(tmp_path):
     """`python -m maskfr.training.lnet | mtcnn | qat` printed a traceback for every bad input (a missing folder,
     model or config error); qat read the multi-GB face caches before finding its model missing."""
-    import subprocess
-    import sys
     (tmp_path / "syntax.py").write_text("config = dict(\n")
     runs = [("lnet", ["--data", tmp_path / "none", "--ckpt-dir", tmp_path / "ck", "--out", tmp_path / "l.onnx"],
              f"no prepared chunks in {tmp_path / 'none'}"),
@@ -318,3 +339,11 @@ def test_train_checks_people_and_pairs_before_any_work(tmp_path, capsys, monkeyp
     rc, err = _run(capsys, "train", CONFIGS / "g2d_cpu.py", "--lfw", lfw, "--masks", tmp_path, "--set",
                    "train_lfw_folds=[1]", "--eval")
     assert rc == 2 and "pairs.txt" in err, err
+
+
+def test_cache_folder_moves_with_maskfr_cache(tmp_path):
+    """4 GB of face caches had to live under the home folder."""
+    code = "from maskfr.training import cache as fc, embedders; print(fc.lfw_cache_path(), embedders.CACHE_ROOT)"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "MASKFR_CACHE": str(tmp_path)},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(tmp_path / "lfw.npz"), str(tmp_path)]

@@ -381,6 +381,7 @@ def test_cli_names_bad_inputs_instead_of_tracebacks(models, tmp_path, capsys):
     onnx.save(_affine_conv_model(0), foreign)
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     torch.save({"model": {"x": torch.zeros(1)}}, tmp_path / "other.pt")
+    torch.save({"weights": {"x": torch.zeros(1)}}, tmp_path / "nomodel.pt")
     np.savez(tmp_path / "other.npz", a=np.zeros(3))
     np.save(tmp_path / "nchw.npy", np.zeros((4, 3, 112, 112), np.float32))
     repo = tmp_path / "repo"
@@ -403,8 +404,9 @@ def test_cli_names_bad_inputs_instead_of_tracebacks(models, tmp_path, capsys):
               "no such file"),
              (["export-triton", str(models["fp32"]), "--repo", str(repo), "--max-batch", "0"], "max_batch"),
              (["export", str(garbage), "-o", str(tmp_path / "x.onnx")], "not an ONNX model"),
-             (["export", str(tmp_path / "bad.pt"), "-o", str(tmp_path / "x.onnx")], "not a maskfr checkpoint"),
-             (["export", str(tmp_path / "other.pt"), "-o", str(tmp_path / "x.onnx")], "not a maskfr student"),
+             (["export", str(tmp_path / "bad.pt"), "-o", str(tmp_path / "x.onnx")], "bad.pt is damaged"),
+             (["export", str(tmp_path / "other.pt"), "-o", str(tmp_path / "x.onnx")], "not a maskfr student's"),
+             (["export", str(tmp_path / "nomodel.pt"), "-o", str(tmp_path / "x.onnx")], "lacks model"),
              (["export", str(tmp_path / "bad.pt"), "--thresholds", "0.5"], "JSON object of numbers"),
              (["export", str(tmp_path / "bad.pt"), "--thresholds", str(tmp_path / "thr.json")], "--thresholds"),
              (["export", str(tmp_path / "bad.pt"), "--meta", "version"], "--meta")]
@@ -516,7 +518,7 @@ def test_export_names_foreign_and_damaged_checkpoints_without_unpickling(tmp_pat
     for name in ("empty.pt", "text.pt", "objects.pt"):
         assert main(["export", str(tmp_path / name), "-o", str(tmp_path / "x.onnx"), "--golden", "0"]) == 2, name
         err = capsys.readouterr().err
-        assert err.startswith("maskfr export: error:") and f"{name}: not a maskfr checkpoint" in err, err
+        assert err.startswith("maskfr export: error:") and f"{name} is damaged" in err, err
         assert "weights_only" not in err and "trust" not in err, err
     assert not sentinel.exists() and not (tmp_path / "x.onnx").exists()
 

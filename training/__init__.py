@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-def load_checkpoint(path: Path, keys: set[str]) -> dict[str, Any]:
-    """A checkpoint one of our trainers wrote, holding ``keys``, for resuming.
+def load_checkpoint(path: Path, keys: set[str], writer: str = "this trainer",
+                    fix: str = "move it aside to train that part again") -> dict[str, Any]:
+    """A checkpoint ``writer`` wrote, holding ``keys`` (for resuming, or exporting: ``fix`` says what to do).
 
     weights_only: tensors and plain values only, so a pickled object in the file is refused, never run. torch's
     own errors for a truncated or foreign file (a zip error, a bare KeyError) named neither the file nor what to do.
@@ -20,11 +21,10 @@ def load_checkpoint(path: Path, keys: set[str]) -> dict[str, Any]:
     except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError) as e:
         why = ("it holds Python objects besides tensors, which are not unpickled (that would run their code)"
                if isinstance(e, pickle.UnpicklingError) else "truncated, or not a file torch.save wrote")
-        raise ValueError(f"checkpoint {path} is damaged: {why}; move it aside to train that part again") from e
+        raise ValueError(f"checkpoint {path} is damaged: {why}; {fix}") from e
     lacking = keys - set(st) if isinstance(st, dict) else keys
     if lacking:
-        raise ValueError(f"checkpoint {path} is not one this trainer wrote (it lacks {', '.join(sorted(lacking))}); "
-                         "move it aside to train that part again")
+        raise ValueError(f"checkpoint {path} is not one {writer} wrote (it lacks {', '.join(sorted(lacking))}); {fix}")
     return st
 
 

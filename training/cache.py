@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
+import os
 import zipfile
 from pathlib import Path
 
@@ -31,7 +32,9 @@ from maskfr.align import similarity_transform, template, warp_face
 from maskfr.training.data import Sample
 
 CHUNK = 256
-CACHE_ROOT = Path.home() / ".cache" / "maskfr"
+# face caches (LFW ~2.8 GB, the CelebA subset ~1.4 GB), teacher embeddings and runs; $MASKFR_CACHE moves them off
+# a small home disk
+CACHE_ROOT = Path(os.environ.get("MASKFR_CACHE") or Path.home() / ".cache" / "maskfr")
 FIELDS = ("img112", "img112_masked", "occ112", "chip150", "chip150_masked", "lm68_112", "found", "found_masked",
           "box", "box_masked", "score")
 
@@ -211,8 +214,15 @@ def _read(path: str | Path, fields: tuple[str, ...] | None = None) -> dict[str, 
 
 def missing(path: str | Path, samples: list[Sample]) -> list[str]:
     """The paths of ``samples`` that the built cache at ``path`` does not hold."""
-    have = set(_read(path, ("path",))["path"].tolist())
-    return [s.path for s in samples if s.path not in have]
+    paths = _read(path, ("path",))["path"].tolist()
+    have = set(paths)
+    lacking = [s.path for s in samples if s.path not in have]
+    # the same dataset at another path (moved, mounted elsewhere) was called a cache "built for other images"
+    moved = lacking and next((p for p in paths if Path(p).parts[-2:] == Path(lacking[0]).parts[-2:]), None)
+    if moved:
+        raise ValueError(f"the cache {path} was built from the images at another path ({moved}; asked now: "
+                         f"{lacking[0]}): give the folder it was built from, or another --cache")
+    return lacking
 
 
 def load(path: str | Path) -> dict[str, np.ndarray]:

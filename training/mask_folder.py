@@ -29,11 +29,15 @@ def mask_folder(src: str | Path, dst: str | Path, masks_root: str | Path | None 
     from maskfr.training.dlib_models import detect_landmarks
     from maskfr.training.masks import MaskSynth
     src, dst = Path(src), Path(dst)
-    if not src.is_dir():
-        raise FileNotFoundError(f"source folder {src} does not exist")
+    if not src.is_dir():  # a file was called missing
+        raise (NotADirectoryError if src.exists() else FileNotFoundError)(
+            f"source {src} {'is not a folder' if src.exists() else 'does not exist'}: give a root/<identity>/*.jpg folder")
     # DST = SRC overwrote the originals with masked copies; DST inside SRC masked the masked copies on a re-run
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
         raise ValueError(f"destination {dst} is the source folder {src} or inside it: give a folder outside it")
+    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    if not files:  # a mistyped folder "masked 0 images" and exited 0
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTS)}) under {src}")
     synth = MaskSynth(masks_root)
     recipe = json.dumps({"seed": seed, "masks": mask_recipe(synth)}, sort_keys=True)
     record = dst / "_occlusion" / "maskfr-mask.json"
@@ -43,7 +47,6 @@ def mask_folder(src: str | Path, dst: str | Path, masks_root: str | Path | None 
                          "--masks): give an empty destination, or the same options to resume")
     record.parent.mkdir(parents=True, exist_ok=True)
     write_then_rename(record, recipe.encode())
-    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
     done, skipped = 0, []
     for i, path in enumerate(tqdm(files, desc="mask", unit="img")):
         rel = path.relative_to(src)

@@ -77,8 +77,12 @@ def session_options(threads: int | None = None, spin: bool = True) -> Any:
 def available_backends() -> list[str]:
     """Backends usable in this process, fastest first."""
     names = []
-    if _tensorrt() is not None and _cudart() is not None:
-        names.append("tensorrt")
+    cudart = _cudart()
+    # tensorrt-rtx and cuda-python install (and import) on machines without a GPU, where no engine can run
+    if _tensorrt() is not None and cudart is not None:
+        err, n_gpus = cudart.cudaGetDeviceCount()
+        if int(err) == 0 and n_gpus > 0:
+            names.append("tensorrt")
     try:
         import onnxruntime as ort
     except ImportError:
@@ -190,19 +194,40 @@ def engine_sidecar(path: str | Path) -> dict:
     return {}
 
 
+def _batch_range(engine: Any, name: str) -> tuple[int, int]:
+    """Smallest and largest batch ``engine`` takes on input ``name``: its fixed batch, else optimisation
+    profile 0's range. ``set_input_shape`` refuses a batch outside it (it returns False and
+    ``execute_async_v3`` then fails), so :meth:`TensorRTRunner.infer` pads and splits to stay inside."""
+    fixed = int(engine.get_tensor_shape(name)[0])
+    if fixed > 0:
+        return fixed, fixed
+    lo, _opt, hi = engine.get_tensor_profile_shape(name, 0)
+    return int(lo[0]), int(hi[0])
+
+
 class TensorRTRunner:
     """A TensorRT(-RTX) engine with pinned host buffers, async copies on one stream and optional CUDA graphs.
 
-    UNVERIFIED: written from the TensorRT / cuda-python documentation; it has never run in this
-    repository's CI (no GPU, no TensorRT). The shape checks before deserialisation are tested.
+    UNVERIFIED on a GPU: written from the TensorRT / cuda-python documentation; the shape checks
+    before deserialisation, the batching and the cuda-python call signatures are tested on the CPU
+    with stand-ins (tests/test_runtime.py).
 
     Buffers are sized for the engine's largest batch (its optimisation profile maximum) once.
-    ``infer`` copies host -> device, runs, copies back, all on ``self.stream``; calls are
-    serialised by a lock since they share the buffers. ``infer_device`` takes caller-owned
-    device pointers (pycuda ``int(gpuarray.gpudata)``, CuPy ``arr.data.ptr``) and a stream and
-    does no copies. ``cuda_graph=True`` captures one graph per batch size after a warm-up run
-    (TensorRT must have run a shape once before it can be captured).
+    ``infer`` copies host -> device, runs, copies back, all on ``self.stream``, splitting batches
+    above the profile maximum and zero-padding those below its minimum; calls are serialised by a
+    lock since they share the buffers. ``infer_device`` takes caller-owned device pointers (pycuda
+    ``int(gpuarray.gpudata)``, CuPy ``arr.data.ptr``) and a stream and does no copies.
+    ``cuda_graph=True``: TensorRT-RTX's own CUDA graphs (``IRuntimeConfig.cuda_graph_strategy``);
+    on full TensorRT, one graph captured by hand after a warm-up run and re-captured whenever the
+    batch size changes.
     """
+
+    # What __del__ frees, set as soon as each is got so that a half-finished __init__ frees no more and no less.
+    _cudart: Any = None
+    stream: Any = None
+    _d_in = _d_out = 0
+    _host_ptrs: tuple[int, ...] = ()
+    _graph: Any = None  # full TensorRT, cuda_graph=True: the cudaGraphExec_t for batch self._graph_n
 
     def __init__(self, path: str | Path, size: int = 112, cuda_graph: bool = False):
         path = Path(path)
@@ -218,7 +243,6 @@ class TensorRTRunner:
         if "sm" in side:  # another GPU or TensorRT: a clear refusal with the rebuild command, not a failed deserialise
             from maskfr.export.engine import check_sidecar, current_gpu
             check_sidecar(path, gpu=current_gpu(), trt=trt)
-        self._trt, self._cudart = trt, cudart
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
@@ -230,84 +254,132 @@ class TensorRTRunner:
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelShapeError(f"engine {path.name}: expected one input and one output, got {inputs} / {outputs}")
         self._in, self._out = inputs[0], outputs[0]
-        in_shape = tuple(self.engine.get_tensor_shape(self._in))
-        out_shape = tuple(self.engine.get_tensor_shape(self._out))
-        _check_io(f"engine {path.name}", in_shape, out_shape, size)
-        max_batch = in_shape[0] if in_shape[0] > 0 else self.engine.get_tensor_profile_shape(self._in, 0)[2][0]
-        self.dim = int(out_shape[1]) if out_shape[1] > 0 else int(side.get("embedding_size", 128))
-        self.input_shape = (int(max_batch), 3, size, size)
+        _check_io(f"engine {path.name}", tuple(self.engine.get_tensor_shape(self._in)),
+                  tuple(self.engine.get_tensor_shape(self._out)), size)
+        self._min_batch, max_batch = _batch_range(self.engine, self._in)
+        self.input_shape = (max_batch, 3, size, size)
         self.name = "tensorrt"
         self.metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in side.items()}
         self.metadata.update(side.get("model_metadata", {}))  # the source ONNX's contract (thresholds, version)
         self._in_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self._in)))
         self._out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self._out)))
-        self.context = self.engine.create_execution_context()
-        self.stream = _ck(cudart.cudaStreamCreate())
-        n_in = int(np.prod(self.input_shape)) * self._in_dtype.itemsize
-        n_out = int(max_batch) * self.dim * self._out_dtype.itemsize
-        self._d_in, self._d_out = _ck(cudart.cudaMalloc(n_in)), _ck(cudart.cudaMalloc(n_out))
-        self._h_in = self._pinned(n_in, self._in_dtype).reshape(self.input_shape)
-        self._h_out = self._pinned(n_out, self._out_dtype).reshape(int(max_batch), self.dim)
-        self._graphs: dict[int, Any] = {} if cuda_graph else None
+        self._capture = cuda_graph and not hasattr(trt, "CudaGraphStrategy")
+        self.context = self._create_context(trt, cuda_graph)
+        # the embedding size from TensorRT's own shape inference, not a guess: the buffers are sized by it
+        self._set_shape(max_batch)
+        self.dim = int(self.context.get_tensor_shape(self._out)[1])
+        if self.dim <= 0:
+            raise ModelShapeError(f"engine {path.name}: output {self._out} has no fixed embedding size")
+        self._graph_n = self._enqueued_n = 0
         self._lock = threading.Lock()
+        self._cudart = cudart
+        self.stream = _ck(cudart.cudaStreamCreate())
+        n_in = max_batch * int(np.prod(self.input_shape[1:])) * self._in_dtype.itemsize
+        n_out = max_batch * self.dim * self._out_dtype.itemsize
+        self._d_in = _ck(cudart.cudaMalloc(n_in))
+        self._d_out = _ck(cudart.cudaMalloc(n_out))
+        self._h_in = self._pinned(n_in, self._in_dtype).reshape(self.input_shape)
+        self._h_out = self._pinned(n_out, self._out_dtype).reshape(max_batch, self.dim)
+
+    def _create_context(self, trt: Any, cuda_graph: bool) -> Any:
+        """The execution context. TensorRT-RTX captures CUDA graphs itself when asked through its runtime config:
+        capturing its enqueue by hand needs engines built with REQUIRE_USER_ALLOCATION, and would freeze the
+        fallback kernels it replaces with shape-specialised ones compiled in the background."""
+        if cuda_graph and not self._capture:
+            self._runtime_config = self.engine.create_runtime_config()
+            self._runtime_config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+            context = self.engine.create_execution_context(self._runtime_config)
+        else:
+            context = self.engine.create_execution_context()
+        if context is None:
+            raise RuntimeError("TensorRT could not create an execution context (out of GPU memory?); see its log")
+        return context
 
     def _pinned(self, nbytes: int, dtype: np.dtype) -> np.ndarray:
         ptr = _ck(self._cudart.cudaMallocHost(nbytes))
-        self._host_ptrs = getattr(self, "_host_ptrs", []) + [ptr]
+        self._host_ptrs += (ptr,)
         return np.frombuffer((ctypes.c_byte * nbytes).from_address(int(ptr)), dtype)
 
+    def _set_shape(self, n: int) -> None:
+        if not self.context.set_input_shape(self._in, (n, *self.input_shape[1:])):
+            raise ValueError(f"TensorRT refused batch {n} for {self._in}; the engine takes "
+                             f"{self._min_batch}..{self.input_shape[0]}")
+
     def _enqueue(self, n: int, d_in: int, d_out: int, stream: Any) -> None:
-        self.context.set_input_shape(self._in, (n, *self.input_shape[1:]))
-        self.context.set_tensor_address(self._in, int(d_in))
-        self.context.set_tensor_address(self._out, int(d_out))
+        self._set_shape(n)
+        if not (self.context.set_tensor_address(self._in, int(d_in))
+                and self.context.set_tensor_address(self._out, int(d_out))):
+            raise RuntimeError("TensorRT set_tensor_address failed (null or misaligned pointer?)")
         if not self.context.execute_async_v3(int(stream)):
-            raise RuntimeError("TensorRT execute_async_v3 failed")
+            raise RuntimeError("TensorRT execute_async_v3 failed; see its log")
+        self._enqueued_n = n
 
     def infer_device(self, d_in: int, d_out: int, n: int, stream: int = 0) -> None:
-        """Run on caller-owned device buffers (input (n,3,H,W), output (n,D) in the engine's dtypes); async on stream."""
-        if not 0 < n <= self.input_shape[0]:
-            raise ValueError(f"batch {n} outside the engine's range 1..{self.input_shape[0]}")
+        """Run on caller-owned device buffers (input (n,3,H,W), output (n,D) in the engine's dtypes); async on stream.
+
+        Nothing is padded or split here (the buffers are the caller's), so ``n`` must be in the engine's range."""
+        if not self._min_batch <= n <= self.input_shape[0]:
+            raise ValueError(f"batch {n} outside the engine's range {self._min_batch}..{self.input_shape[0]}; "
+                             "split or pad it, use infer(), or rebuild with `maskfr build-engine --batch MIN:OPT:MAX`")
         with self._lock:
             self._enqueue(n, d_in, d_out, stream)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        cudart, h2d = self._cudart, self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        d2h, cap = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.input_shape[0]
+        x = np.asarray(batch)
+        if x.ndim != 4 or x.shape[1:] != self.input_shape[1:]:  # numpy would broadcast e.g. one channel to three
+            raise ValueError(f"batch must be (N, {', '.join(map(str, self.input_shape[1:]))}), got {x.shape}")
+        cudart, lo, hi = self._cudart, self._min_batch, self.input_shape[0]
+        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         outs = []
         with self._lock:
-            for i in range(0, len(batch), cap):
-                part = batch[i:i + cap]
-                n = len(part)
-                self._h_in[:n] = part
-                nb_in, nb_out = self._h_in[:n].nbytes, self._h_out[:n].nbytes
-                _ck(cudart.cudaMemcpyAsync(self._d_in, self._h_in.ctypes.data, nb_in, h2d, self.stream))
-                self._run(n)
-                _ck(cudart.cudaMemcpyAsync(self._h_out.ctypes.data, self._d_out, nb_out, d2h, self.stream))
+            for i in range(0, len(x), hi):
+                n = min(hi, len(x) - i)
+                m = max(n, lo)  # below the profile minimum: zero rows run along and are dropped
+                self._h_in[:n] = x[i:i + n]
+                self._h_in[n:m] = 0
+                _ck(cudart.cudaMemcpyAsync(self._d_in, self._h_in.ctypes.data, self._h_in[:m].nbytes, h2d, self.stream))
+                self._run(m)
+                _ck(cudart.cudaMemcpyAsync(self._h_out.ctypes.data, self._d_out, self._h_out[:m].nbytes, d2h,
+                                           self.stream))
                 _ck(cudart.cudaStreamSynchronize(self.stream))
                 outs.append(self._h_out[:n].astype(np.float32))
         return np.concatenate(outs) if outs else np.zeros((0, self.dim), np.float32)
 
     def _run(self, n: int) -> None:
-        if self._graphs is None:
+        if not self._capture:
             return self._enqueue(n, self._d_in, self._d_out, self.stream)
         cudart = self._cudart
-        if n not in self._graphs:
-            self._enqueue(n, self._d_in, self._d_out, self.stream)  # warm-up: TensorRT settles shapes first
+        # A graph replays what was enqueued for one shape on this context: re-capture when the batch size changed,
+        # here or through infer_device, since then.
+        if self._graph is None or self._graph_n != n or self._enqueued_n != n:
+            if self._graph is not None:
+                _ck(cudart.cudaGraphExecDestroy(self._graph))
+                self._graph = None
+            self._enqueue(n, self._d_in, self._d_out, self.stream)  # warm-up: TensorRT settles the shape first
             _ck(cudart.cudaStreamSynchronize(self.stream))
             _ck(cudart.cudaStreamBeginCapture(self.stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
-            self._enqueue(n, self._d_in, self._d_out, self.stream)
+            try:
+                self._enqueue(n, self._d_in, self._d_out, self.stream)
+            except BaseException:
+                cudart.cudaStreamEndCapture(self.stream)  # else the stream stays capturing and every later call fails
+                raise
             graph = _ck(cudart.cudaStreamEndCapture(self.stream))
-            self._graphs[n] = _ck(cudart.cudaGraphInstantiate(graph, 0))
-        _ck(cudart.cudaGraphLaunch(self._graphs[n], self.stream))
+            try:
+                self._graph, self._graph_n = _ck(cudart.cudaGraphInstantiate(graph, 0)), n
+            finally:
+                cudart.cudaGraphDestroy(graph)  # the executable graph does not need it
+        _ck(cudart.cudaGraphLaunch(self._graph, self.stream))
 
     def __del__(self) -> None:
-        cudart = getattr(self, "_cudart", None)
-        if cudart is None or not hasattr(self, "_d_out"):
+        cudart = self._cudart
+        if cudart is None:
             return
-        for g in (self._graphs or {}).values():
-            cudart.cudaGraphExecDestroy(g)
-        for p in getattr(self, "_host_ptrs", []):
+        if self._graph is not None:
+            cudart.cudaGraphExecDestroy(self._graph)
+        for p in self._host_ptrs:
             cudart.cudaFreeHost(p)
-        cudart.cudaFree(self._d_in)
-        cudart.cudaFree(self._d_out)
-        cudart.cudaStreamDestroy(self.stream)
+        for p in (self._d_in, self._d_out):
+            if p:
+                cudart.cudaFree(p)
+        if self.stream is not None:
+            cudart.cudaStreamDestroy(self.stream)

@@ -1,11 +1,13 @@
 """FaceRecognizer and backends with a stand-in ONNX model and detector (no torch, no trained model)."""
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -14,6 +16,7 @@ import pytest
 from maskfr import backends
 from maskfr.align import align_face
 from maskfr.recognizer import FaceRecognizer, ImageError, MaskClassifier, NoFaceError, load_image, mask_features
+import trt_fakes
 from runtime_helpers import MarkerDetector, draw_faces, make_model
 
 
@@ -302,12 +305,129 @@ def test_tensorrt_runner_matches_onnxruntime(tmp_path, model):
     if "tensorrt" not in backends.available_backends():
         pytest.skip("TensorRT not installed")
     engine_mod = pytest.importorskip("maskfr.export.engine")
-    engine = engine_mod.build_engine(model, tmp_path / "standin.engine")
-    x = np.random.default_rng(0).uniform(-1, 1, (5, 3, 112, 112)).astype(np.float32)
+    if engine_mod.current_gpu() is None:
+        pytest.skip("no CUDA GPU")
+    # build_engine returns the sidecar; an FP32 ONNX builds fp32 only (strongly typed on TensorRT-RTX)
+    engine = engine_mod.build_engine(model, tmp_path / "standin.engine", precision="fp32", batch=(2, 8, 16))["engine"]
+    x = np.random.default_rng(0).uniform(-1, 1, (40, 3, 112, 112)).astype(np.float32)
     ref = backends.load_runner(model, "cpu").infer(x)
     for graph in (False, True):
         trt = backends.TensorRTRunner(engine, cuda_graph=graph)
-        np.testing.assert_allclose(trt.infer(x), ref, atol=2e-3)
+        for n in (5, 1, 40, 5):  # below the profile minimum, above its maximum, and back (graphs re-captured)
+            np.testing.assert_allclose(trt.infer(x[:n]), ref[:n], atol=2e-3)
+
+
+def test_tensorrt_is_listed_only_with_a_gpu(monkeypatch):
+    """tensorrt-rtx and cuda-python import on machines without a GPU: TensorRT was listed as usable there."""
+    cudart = SimpleNamespace(cudaGetDeviceCount=lambda: (35, None))  # cudaErrorInsufficientDriver
+    monkeypatch.setattr(backends, "_tensorrt", lambda: SimpleNamespace())
+    monkeypatch.setattr(backends, "_cudart", lambda: cudart)
+    assert "tensorrt" not in backends.available_backends()
+    cudart.cudaGetDeviceCount = lambda: (0, 1)
+    assert backends.available_backends()[0] == "tensorrt"
+
+
+@pytest.fixture
+def stub_trt(monkeypatch, tmp_path):
+    """TensorRTRunner on the CPU stand-ins of tests/trt_fakes.py: ``make(cuda_graph=, fail=, **engine)`` gives the
+    fake cudart and tensorrt, and ``open()`` to construct the runner."""
+    def make(cuda_graph: bool = False, fail: dict | None = None, **engine):
+        cudart = trt_fakes.FakeCudart(trt_fakes.real_cudart(), fail)
+        trt = trt_fakes.fake_trt(cudart, **engine)
+        monkeypatch.setattr(backends, "_tensorrt", lambda: trt)
+        monkeypatch.setattr(backends, "_cudart", lambda: cudart)
+        path = tmp_path / "m.engine"
+        path.write_bytes(b"plan")
+        return SimpleNamespace(cudart=cudart, trt=trt, open=lambda: backends.TensorRTRunner(path, cuda_graph=cuda_graph))
+    return make
+
+
+def _faces(n: int) -> np.ndarray:
+    return np.random.default_rng(n).uniform(-1, 1, (n, 3, 112, 112)).astype(np.float32)
+
+
+def test_tensorrt_runner_pads_below_and_splits_above_the_profile(stub_trt):
+    """A last chunk below the profile minimum went to set_input_shape as it was: TensorRT refused it (the False
+    went unchecked) and execute_async_v3 failed. Now it is zero-padded, and its padding rows dropped."""
+    s = stub_trt(lo=4, hi=8, dim=16, in_dtype=np.float16)
+    r = s.open()
+    assert r.input_shape == (8, 3, 112, 112) and r.dim == 16
+    x = _faces(19)
+    np.testing.assert_allclose(r.infer(x), trt_fakes.embed(x.astype(np.float16), 16), rtol=1e-6)
+    assert [shape[0] for shape in s.trt.engine.contexts[0].shapes[1:]] == [8, 8, 4]  # [0]: __init__ sizing D
+    assert r.infer(x[:0]).shape == (0, 16)
+    with pytest.raises(ValueError, match=r"batch must be \(N, 3, 112, 112\)"):
+        r.infer(x[:, :1])  # would have broadcast one channel to three
+
+
+def test_tensorrt_runner_infer_device_checks_the_profile_range(stub_trt):
+    """infer_device cannot pad caller-owned buffers: a batch below the profile minimum is a clear error, not
+    execute_async_v3's failure."""
+    r = stub_trt(lo=2, hi=8).open()
+    for n in (1, 9):
+        with pytest.raises(ValueError, match=r"batch %d outside the engine's range 2\.\.8" % n):
+            r.infer_device(1, 1, n)
+    x, y = _faces(3), np.zeros((3, 16), np.float32)
+    r.infer_device(x.ctypes.data, y.ctypes.data, 3)
+    np.testing.assert_allclose(y, trt_fakes.embed(x, 16), rtol=1e-6)
+
+
+def test_tensorrt_runner_recaptures_its_cuda_graph_when_the_batch_changes(stub_trt):
+    """Full TensorRT: one graph per batch size was kept and replayed after other shapes had run on the same
+    context (a graph holds what was enqueued for its shape), and no captured cudaGraph_t was ever destroyed."""
+    s = stub_trt(cuda_graph=True)
+    r = s.open()
+    x = _faces(8)
+    for n, captures in ((8, 1), (8, 1), (3, 2), (8, 3)):
+        np.testing.assert_allclose(r.infer(x[:n]), trt_fakes.embed(x[:n], 16), rtol=1e-6)
+        assert s.cudart.calls.count("cudaStreamBeginCapture") == captures
+    y = np.zeros((5, 16), np.float32)
+    r.infer_device(x.ctypes.data, y.ctypes.data, 5)  # another shape on the context, outside the graph
+    np.testing.assert_allclose(r.infer(x), trt_fakes.embed(x, 16), rtol=1e-6)
+    assert s.cudart.calls.count("cudaStreamBeginCapture") == 4
+    assert s.cudart.calls.count("cudaGraphDestroy") == 4 and s.cudart.calls.count("cudaGraphExecDestroy") == 3
+    del r
+    gc.collect()
+    assert s.cudart.live == set()
+
+
+def test_tensorrt_rtx_runner_uses_its_built_in_cuda_graphs(stub_trt):
+    """TensorRT-RTX captures graphs itself (IRuntimeConfig.cuda_graph_strategy); capturing its enqueue by hand
+    needs engines built with REQUIRE_USER_ALLOCATION, which build-engine does not set."""
+    s = stub_trt(cuda_graph=True, rtx=True)
+    r = s.open()
+    assert s.trt.engine.contexts[0].runtime_config.cuda_graph_strategy == "WHOLE_GRAPH_CAPTURE"
+    x = _faces(5)
+    np.testing.assert_allclose(r.infer(x), trt_fakes.embed(x, 16), rtol=1e-6)
+    assert "cudaStreamBeginCapture" not in s.cudart.calls
+
+
+@pytest.mark.parametrize("fail", [{"cudaStreamCreate": 1}, {"cudaMalloc": 2}, {"cudaMallocHost": 2}])
+def test_tensorrt_runner_frees_what_a_failed_init_got(stub_trt, fail):
+    """A second cudaMalloc failing leaked the first and the stream; a cudaMallocHost failing made __del__ raise
+    AttributeError before it freed anything."""
+    s = stub_trt(fail=fail)
+    with pytest.raises(RuntimeError, match="CUDA error"):
+        s.open()
+    gc.collect()
+    assert s.cudart.calls and s.cudart.live == set()
+
+
+def test_tensorrt_runner_calls_cuda_python_with_its_real_signatures(stub_trt):
+    """Every cudart call the runner makes also goes to cuda-python's own binding, which checks argument types
+    and count before it fails for want of a driver: a wrong signature raises TypeError here."""
+    if trt_fakes.real_cudart() is None:
+        pytest.skip("needs cuda-python and no usable GPU")
+    s = stub_trt(cuda_graph=True, lo=2)
+    r = s.open()
+    for n in (1, 3):
+        r.infer(_faces(n))
+    del r
+    gc.collect()
+    assert s.cudart.real is not None and {
+        "cudaStreamCreate", "cudaMalloc", "cudaMallocHost", "cudaMemcpyAsync", "cudaStreamSynchronize",
+        "cudaStreamBeginCapture", "cudaStreamEndCapture", "cudaGraphInstantiate", "cudaGraphDestroy",
+        "cudaGraphLaunch", "cudaGraphExecDestroy", "cudaFreeHost", "cudaFree", "cudaStreamDestroy"} <= set(s.cudart.calls)
 
 
 def test_identify_from_threads_matches_serial(rec):

@@ -16,7 +16,8 @@ import time
 import numpy as np
 
 from maskfr.align import to_input
-from maskfr.export.engine import TrtRunner, build_engine, current_gpu, onnx_precision
+from maskfr.backends import TensorRTRunner, engine_sidecar
+from maskfr.export.engine import build_engine, check_sidecar, current_gpu, import_trt, onnx_precision
 from maskfr.export.onnx_export import compare, ort_session, parity_faces
 
 
@@ -46,8 +47,9 @@ def main() -> int:
             side = build_engine(path, precision=onnx_precision(path), batch=[int(b) for b in a.batch.split(":")],
                                 flavour=a.flavour)
             engine = side["engine"]
-        runner = TrtRunner(engine, path)
-        trt = runner.infer(x)
+        check_sidecar(engine, path, gpu, import_trt(engine_sidecar(engine).get("flavour")))  # built from this ONNX
+        runner = TensorRTRunner(engine)  # what the runtime runs
+        trt = {name: runner.infer(x) for name in ort}  # one output, "embedding"
         t = time.perf_counter()
         runner.infer(x)
         ms = (time.perf_counter() - t) * 1000 / len(x)
@@ -56,7 +58,7 @@ def main() -> int:
             rows[name] = {"vs_ort_same_onnx": compare(ort[name], trt[name], 0.0, name, "onnxruntime", "tensorrt"),
                           "vs_ort_fp32": compare(fp32[name], trt[name], 0.0, name, "onnxruntime fp32", "tensorrt",
                                                  verbose=False)}
-        report["models"][path] = {"engine": engine, "precision": runner.sidecar["precision"],
+        report["models"][path] = {"engine": engine, "precision": engine_sidecar(engine)["precision"],
                                   "ms_per_face_incl_copies": round(ms, 4), "outputs": rows}
     print(json.dumps(report, indent=1, default=str))
     return 0

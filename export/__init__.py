@@ -14,7 +14,7 @@ Pipeline and the CLI command of each step::
 * ``engine``: one code path for full TensorRT and TensorRT-RTX; TensorRT-RTX builds ahead of time
   on machines without a GPU. Verified here: AOT builds of FP32/FP16/INT8 engines with TensorRT-RTX
   and the sidecar checks. **Unverified** (written from NVIDIA's documentation, no GPU or full
-  TensorRT was available): running engines (``TrtRunner``, ``benchmarks/trt_parity.py``), the
+  TensorRT was available): running engines (the runtime's ``maskfr.backends.TensorRTRunner``, ``benchmarks/trt_parity.py``), the
   weakly-typed full-TensorRT precision flags and INT8 entropy calibrator, DLA cores, workspace
   limits and timing caches on Jetson.
 * ``triton``: model repository with dynamic batching (Triton serves full-TensorRT plans only).

@@ -17,7 +17,7 @@ TensorRT version fails late and cryptically otherwise.
 Unverified (written from the TensorRT documentation, never run here: no full TensorRT and no
 GPU on the development machine): the weakly-typed full-TensorRT path (precision flags and the
 implicit INT8 entropy calibrator, deprecated since TensorRT 10.1 and removed in 11), DLA cores
-and workspace limits on Jetson, and :class:`TrtRunner` (needs cuda-python and a GPU).
+and workspace limits on Jetson. Engines run in the runtime's :class:`maskfr.backends.TensorRTRunner`.
 """
 from __future__ import annotations
 
@@ -354,81 +354,25 @@ def load_engine(engine_path: str | os.PathLike, onnx_path: str | os.PathLike | N
     return engine, side
 
 
-def _cudart() -> Any:
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        from cuda import cudart  # cuda-python < 12.6
-    return cudart
-
-
-def _check(result: tuple) -> Any:
-    err, *rest = result
-    if int(err) != 0:
-        raise RuntimeError(f"CUDA error {err}")
-    return rest[0] if len(rest) == 1 else rest
-
-
 class _DeviceBuffer:
-    """A cudaMalloc'd buffer (cuda-python keeps the runtime free of torch and pycuda)."""
+    """A cudaMalloc'd buffer for the calibrator (cuda-python keeps the export free of torch and pycuda)."""
 
     def __init__(self, nbytes: int):
-        self.cudart = _cudart()
-        self.nbytes = nbytes
-        self.ptr = int(_check(self.cudart.cudaMalloc(nbytes)))
+        from maskfr.backends import _ck, _cudart
+        self.cudart, self._ck = _cudart(), _ck
+        if self.cudart is None:
+            raise ImportError("INT8 calibration on the GPU needs cuda-python: pip install 'maskfr[trt]'")
+        self.ptr = int(_ck(self.cudart.cudaMalloc(nbytes)))
 
     def upload(self, arr: np.ndarray) -> None:
         arr = np.ascontiguousarray(arr)
-        _check(self.cudart.cudaMemcpy(self.ptr, arr.ctypes.data, arr.nbytes,
-                                      self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice))
-
-    def download(self, arr: np.ndarray) -> np.ndarray:
-        _check(self.cudart.cudaMemcpy(arr.ctypes.data, self.ptr, arr.nbytes,
-                                      self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost))
-        return arr
+        self._ck(self.cudart.cudaMemcpy(self.ptr, arr.ctypes.data, arr.nbytes,
+                                        self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice))
 
     def __del__(self) -> None:
         if getattr(self, "ptr", 0):
             self.cudart.cudaFree(self.ptr)
 
 
-class TrtRunner:
-    """Runs an engine on batches of normalised NCHW input (polygraphy-style ``infer``). Needs a GPU
-    and cuda-python; unverified on this project's CPU-only development machine."""
-
-    def __init__(self, engine_path: str | os.PathLike, onnx_path: str | os.PathLike | None = None):
-        self.engine, self.sidecar = load_engine(engine_path, onnx_path)
-        self.context = self.engine.create_execution_context()
-        self.cudart = _cudart()
-        self.stream = _check(self.cudart.cudaStreamCreate())
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        trt = import_trt(self.sidecar["flavour"])
-        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in names if n not in self.inputs]
-        self.max_batch = self.sidecar["profile"]["batch"][2]
-
-    def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        x = np.ascontiguousarray(x, np.float32)
-        outs: dict[str, list[np.ndarray]] = {n: [] for n in self.outputs}
-        for i in range(0, len(x), self.max_batch):
-            chunk = x[i:i + self.max_batch]
-            bufs = {self.inputs[0]: _DeviceBuffer(chunk.nbytes)}
-            bufs[self.inputs[0]].upload(chunk)
-            self.context.set_input_shape(self.inputs[0], chunk.shape)
-            host = {}
-            for n in self.outputs:
-                shape = tuple(self.context.get_tensor_shape(n))
-                host[n] = np.empty(shape, np.float32)
-                bufs[n] = _DeviceBuffer(host[n].nbytes)
-            for n, b in bufs.items():
-                self.context.set_tensor_address(n, b.ptr)
-            if not self.context.execute_async_v3(self.stream):
-                raise RuntimeError("TensorRT execution failed")
-            _check(self.cudart.cudaStreamSynchronize(self.stream))
-            for n in self.outputs:
-                outs[n].append(bufs[n].download(host[n]))
-        return {n: np.concatenate(v) for n, v in outs.items()}
-
-
-__all__ = ["AOT", "EngineMismatch", "PRECISIONS", "TrtRunner", "build_engine", "check_sidecar", "current_gpu",
+__all__ = ["AOT", "EngineMismatch", "PRECISIONS", "build_engine", "check_sidecar", "current_gpu",
            "import_trt", "load_engine", "onnx_precision", "sidecar_path"]

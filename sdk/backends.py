@@ -149,8 +149,11 @@ class OnnxRunner:
         return np.asarray(self.session.run([self._output], {self._input: x})[0], np.float32)
 
 
-def _tensorrt() -> Any:
-    for name in ("tensorrt_rtx", "tensorrt"):
+def _tensorrt(flavour: str | None = None) -> Any:
+    """TensorRT's Python module: ``flavour`` (the one an engine was built with, from its sidecar) first, where both
+    are installed, else TensorRT-RTX or full TensorRT."""
+    first = [flavour] if isinstance(flavour, str) and flavour in ("tensorrt", "tensorrt_rtx") else []
+    for name in dict.fromkeys(first + ["tensorrt_rtx", "tensorrt"]):
         try:
             return __import__(name)
         except ImportError:
@@ -236,7 +239,7 @@ class TensorRTRunner:
         shape = side.get("input_shape") or [-1] + side.get("profile", {}).get("shape", [])
         if len(shape) == 4:
             _check_io(f"engine {path.name} (sidecar)", tuple(shape), tuple(side.get("output_shape", (-1, -1))), size)
-        trt, cudart = _tensorrt(), _cudart()
+        trt, cudart = _tensorrt(side.get("flavour")), _cudart()
         if trt is None or cudart is None:
             raise BackendUnavailable("backend 'tensorrt' needs the tensorrt(-rtx) and cuda-python packages "
                                      "(pip install 'maskfr[trt]') and an NVIDIA GPU")

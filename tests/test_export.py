@@ -257,7 +257,8 @@ def test_engines_build_aot_and_sidecar_checks(models):
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAVE_RTX, reason="tensorrt_rtx not installed")
 def test_engines_run_on_gpu(models):
-    from maskfr.export.engine import TrtRunner, build_engine, current_gpu
+    from maskfr.backends import TensorRTRunner
+    from maskfr.export.engine import build_engine, current_gpu
 
     if current_gpu() is None:
         pytest.skip("no CUDA GPU")
@@ -265,7 +266,7 @@ def test_engines_run_on_gpu(models):
     ref = ox.ort_embed(models["fp32"], models["faces"])
     for prec, bound in (("fp32", 0.9999), ("fp16", 0.999), ("int8", 0.98)):
         side = build_engine(models[prec], models["dir"] / f"gpu.{prec}.engine", precision=prec, batch=(1, 4, 16))
-        out = TrtRunner(side["engine"], models[prec]).infer(x)["embedding"]
+        out = TensorRTRunner(side["engine"]).infer(x)
         assert ox.compare(ref, out, min_cosine=bound, verbose=False)["passed"], prec
 
 

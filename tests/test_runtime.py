@@ -320,11 +320,21 @@ def test_tensorrt_runner_matches_onnxruntime(tmp_path, model):
 def test_tensorrt_is_listed_only_with_a_gpu(monkeypatch):
     """tensorrt-rtx and cuda-python import on machines without a GPU: TensorRT was listed as usable there."""
     cudart = SimpleNamespace(cudaGetDeviceCount=lambda: (35, None))  # cudaErrorInsufficientDriver
-    monkeypatch.setattr(backends, "_tensorrt", lambda: SimpleNamespace())
+    monkeypatch.setattr(backends, "_tensorrt", lambda flavour=None: SimpleNamespace())
     monkeypatch.setattr(backends, "_cudart", lambda: cudart)
     assert "tensorrt" not in backends.available_backends()
     cudart.cudaGetDeviceCount = lambda: (0, 1)
     assert backends.available_backends()[0] == "tensorrt"
+
+
+def test_tensorrt_runner_opens_the_flavour_its_engine_was_built_with(monkeypatch):
+    """With both TensorRT and TensorRT-RTX installed, the runner took RTX for every engine, and the sidecar check
+    then refused a full-TensorRT engine as built "with another TensorRT"."""
+    full, rtx = SimpleNamespace(name="full"), SimpleNamespace(name="rtx")
+    monkeypatch.setitem(sys.modules, "tensorrt", full)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", rtx)
+    assert backends._tensorrt("tensorrt") is full and backends._tensorrt("tensorrt_rtx") is rtx
+    assert backends._tensorrt() is rtx and backends._tensorrt("junk") is rtx and backends._tensorrt(5) is rtx
 
 
 @pytest.fixture
@@ -334,7 +344,7 @@ def stub_trt(monkeypatch, tmp_path):
     def make(cuda_graph: bool = False, fail: dict | None = None, **engine):
         cudart = trt_fakes.FakeCudart(trt_fakes.real_cudart(), fail)
         trt = trt_fakes.fake_trt(cudart, **engine)
-        monkeypatch.setattr(backends, "_tensorrt", lambda: trt)
+        monkeypatch.setattr(backends, "_tensorrt", lambda flavour=None: trt)
         monkeypatch.setattr(backends, "_cudart", lambda: cudart)
         path = tmp_path / "m.engine"
         path.write_bytes(b"plan")

@@ -145,18 +145,18 @@ def add_export_commands(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("export", help="export a trained student checkpoint to ONNX (metadata, parity vs torch)")
     e.add_argument("ckpt", help="checkpoint saved by training ({'model': state_dict, 'config', 'git_rev', 'stage'}), "
                    "or an exported .onnx to re-export with this exporter (weights and metadata carry over)")
-    e.add_argument("-o", "--output", default="model.onnx")
-    e.add_argument("--opset", type=int, default=17)
+    e.add_argument("-o", "--output", default="model.onnx", help="ONNX file to write (default model.onnx)")
+    e.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     e.add_argument("--meta", nargs="*", default=[], metavar="KEY=VALUE", help="extra/overriding metadata")
     e.add_argument("--thresholds", help="recommended thresholds: JSON text or a JSON file")
     e.add_argument("--no-slim", action="store_true", help="skip onnxslim (kept only if parity holds anyway)")
     e.add_argument("--golden", type=int, default=16, help="crops of the public-domain demo photo (needs "
                    "maskfr[demo]) in model.golden.npz next to the model (0: none)")
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(fn=cmd_export)
 
     q = sub.add_parser("quantize", help="FP16 and/or INT8 QDQ variants of an exported model")
-    q.add_argument("model")
+    q.add_argument("model", help="the FP32 ONNX model from 'maskfr export'")
     q.add_argument("--fp16", action="store_true", help="write MODEL.fp16.onnx (float32 IO)")
     q.add_argument("--int8", action="store_true", help="write MODEL.int8.onnx (QDQ, calibrated; "
                    "MODEL.int8-cpu.onnx with --target cpu)")
@@ -170,33 +170,36 @@ def add_export_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--drawn-masks", type=float, default=0.5, metavar="F",
                    help="with --calib FOLDER: fraction of its faces that get a drawn mask of random colour first "
                         "(default 0.5, so masked faces are covered even if the folder has none)")
-    q.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="percentile")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="percentile",
+                   help="INT8 activation range calibration (default percentile)")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(fn=cmd_quantize)
 
     b = sub.add_parser("build-engine", help="TensorRT engine (+ .json sidecar); AOT without a GPU via TensorRT-RTX")
     b.add_argument("model", help="ONNX (FP32, FP16 or INT8 QDQ: strongly typed builds take precision from it)")
     b.add_argument("-o", "--output", help="engine path (default MODEL.<precision>.engine)")
-    b.add_argument("--precision", choices=["fp32", "fp16", "int8", "best"], default="fp16")
+    b.add_argument("--precision", choices=["fp32", "fp16", "int8", "best"],
+                   help="default: the ONNX's own; TensorRT-RTX builds only that one, full TensorRT can also lower "
+                   "an FP32 ONNX to fp16/int8/best (unverified)")
     b.add_argument("--batch", default="1:8:32", help="optimisation profile MIN:OPT:MAX")
     b.add_argument("--workspace", type=int, help="workspace limit in MiB (Jetson)")
     b.add_argument("--timing-cache", help="timing cache file, read and updated (full TensorRT)")
     b.add_argument("--dla-core", type=int, help="DLA core (Jetson, full TensorRT; unverified)")
     b.add_argument("--sm", type=int, help="target compute capability, e.g. 86 (TensorRT-RTX AOT; default: this GPU)")
     b.add_argument("--flavour", choices=["tensorrt", "tensorrt_rtx"], help="default: tensorrt if installed")
-    b.add_argument("--json", action="store_true")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(fn=cmd_build_engine)
 
     t = sub.add_parser("export-triton", help="write a Triton model repository (ONNX and/or TensorRT plan)")
     t.add_argument("model", help="the ONNX model (IO names/dims and metadata come from it)")
-    t.add_argument("--repo", default="triton_repo")
+    t.add_argument("--repo", default="triton_repo", help="repository folder (default triton_repo)")
     t.add_argument("--plan", help="also add this TensorRT engine as NAME_trt (full TensorRT only)")
     t.add_argument("--plan-only", action="store_true", help="skip the ONNX Runtime model")
-    t.add_argument("--name", default="maskfr")
-    t.add_argument("--max-batch", type=int, default=32)
-    t.add_argument("--instances", type=int, default=1)
+    t.add_argument("--name", default="maskfr", help="model name in the repository (default maskfr)")
+    t.add_argument("--max-batch", type=int, default=32, help="largest batch Triton forms (default 32)")
+    t.add_argument("--instances", type=int, default=1, help="model instances per device (default 1)")
     t.add_argument("--cpu", action="store_true", help="KIND_CPU instances")
-    t.add_argument("--json", action="store_true")
+    t.add_argument("--json", action="store_true", help="print one JSON object")
     t.set_defaults(fn=cmd_export_triton)
 
 

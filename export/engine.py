@@ -141,30 +141,31 @@ def _parse(trt: Any, builder: Any, onnx_path: str, strongly_typed: bool) -> tupl
 
 
 def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | None = None,
-                 precision: str = "fp16", batch: Sequence[int] = (1, 8, 32), workspace_mb: int | None = None,
+                 precision: str | None = None, batch: Sequence[int] = (1, 8, 32), workspace_mb: int | None = None,
                  timing_cache: str | os.PathLike | None = None, dla_core: int | None = None, sm: int | None = None,
                  calib_faces: np.ndarray | None = None, flavour: str | None = None) -> dict[str, Any]:
     """Build a serialized engine (default ``<onnx stem>.<precision>.engine``) plus its JSON sidecar.
 
-    ``precision`` must match the ONNX on strongly-typed builds (fp32 ONNX -> fp32, FP16 ONNX -> fp16,
+    ``precision`` (default: the ONNX's own) must match the ONNX on strongly-typed builds (fp32 ONNX -> fp32, FP16 ONNX -> fp16,
     QDQ ONNX -> int8); with full TensorRT and an FP32 ONNX, fp16/int8/best use the weakly-typed
     builder flags instead, int8 then needs ``calib_faces`` (unverified). ``sm`` (e.g. 86) selects
     the target GPU for TensorRT-RTX ahead-of-time builds; default: the GPU present. Returns the sidecar.
     """
-    if precision not in PRECISIONS:
+    if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     lo, opt, hi = (int(b) for b in batch)
     if not 1 <= lo <= opt <= hi:
         raise ValueError(f"batch profile must satisfy 1 <= min <= opt <= max, got {lo}:{opt}:{hi}")
     onnx_path = os.fspath(onnx_path)
+    check_student_io(onnx_path)  # a non-ONNX file or another model: say so, not TensorRT's parse/build failure
+    have = onnx_precision(onnx_path)
+    precision = precision or have  # the default TensorRT-RTX can build from any of our ONNX files
     stem = Path(onnx_path).with_suffix("")
     engine_path = Path(engine_path or (f"{stem}.engine" if stem.suffix == f".{precision}" else f"{stem}.{precision}.engine"))
-    check_student_io(onnx_path)  # a non-ONNX file or another model: say so, not TensorRT's parse/build failure
     if engine_path.exists() and engine_path.resolve() == Path(onnx_path).resolve():
         raise ValueError(f"the engine path {engine_path} is the ONNX model itself; choose another -o")
     if engine_path.is_dir():  # else found by the final rename, after the whole build
         raise ValueError(f"the engine path {engine_path} is a folder; give a file name with -o")
-    have = onnx_precision(onnx_path)
     if have == "int8":  # the --target cpu flavour (uint8, asymmetric) fails deep in TensorRT's ONNX parser
         from maskfr.export.quantize import qdq_summary
         q = qdq_summary(onnx_path)

@@ -27,6 +27,15 @@ def _at_least_one(text: str) -> int:
     return n
 
 
+def _source(model: str | None) -> tuple[Path, Path]:
+    """The ONNX to read and the path its outputs are named after: the packaged model when none is given, with
+    outputs in the current folder (next to it, they would go into the installed package)."""
+    if model is not None:
+        return Path(model), Path(model)
+    from maskfr.recognizer import DEFAULT_MODEL
+    return DEFAULT_MODEL, Path(DEFAULT_MODEL.name)
+
+
 def _faces(cache: str | None, lfw: str | None, folds: str, n: int):
     """Calibration/parity faces from the aligned-face cache, restricted to the people of ``folds``."""
     from maskfr.export.quantize import calibration_faces, lfw_people
@@ -79,14 +88,14 @@ def cmd_quantize(a: argparse.Namespace) -> int:
 
     if not (a.fp16 or a.int8):
         raise ValueError("nothing to do: pass --fp16 and/or --int8")
-    check_student_io(a.model)  # a clear error for a non-ONNX file or another model, not ORT's traceback
-    check_fp32(a.model)  # before the calibration faces are gathered, which can take minutes
+    src, named = _source(a.model)
+    check_student_io(src)  # a clear error for a non-ONNX file or another model, not ORT's traceback
+    check_fp32(src)  # before the calibration faces are gathered, which can take minutes
     if a.calib and not Path(a.calib).exists():  # else reported as a missing default cache
         raise FileNotFoundError(f"--calib {a.calib}: no such folder or file")
-    src = Path(a.model)
     out = {}
     if a.fp16:
-        out["fp16"] = str(to_fp16(src, src.with_suffix(".fp16.onnx")))
+        out["fp16"] = str(to_fp16(src, named.with_suffix(".fp16.onnx")))
     if a.int8:
         if a.calib and Path(a.calib).is_dir():
             faces, out["calibration_skipped"] = folder_faces(a.calib, a.n, drawn_masks=a.drawn_masks)
@@ -101,7 +110,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
             # else ONNX Runtime's shape error (a traceback) or "No data is collected."
             raise ValueError(f"--calib {a.calib}: expected aligned RGB uint8 crops (N, 112, 112, 3), N >= 1, "
                              f"got {faces.dtype} {faces.shape}")
-        dst = src.with_suffix(".int8.onnx" if a.target == "tensorrt" else ".int8-cpu.onnx")
+        dst = named.with_suffix(".int8.onnx" if a.target == "tensorrt" else ".int8-cpu.onnx")
         out["int8"] = str(to_int8(src, dst, faces, target=a.target, method=a.method))
         out["int8_qdq"] = qdq_summary(dst)
         out["calibration_faces"] = int(len(faces))
@@ -123,7 +132,9 @@ def cmd_build_engine(a: argparse.Namespace) -> int:
         batch = []
     if len(batch) != 3:
         raise ValueError(f"--batch takes MIN:OPT:MAX, got {a.batch!r}")
-    side = build_engine(a.model, a.output, precision=a.precision, batch=batch, workspace_mb=a.workspace,
+    src, named = _source(a.model)
+    output = a.output or (None if a.model else named.with_suffix(f".{a.precision or 'fp32'}.engine"))
+    side = build_engine(src, output, precision=a.precision, batch=batch, workspace_mb=a.workspace,
                         timing_cache=a.timing_cache, dla_core=a.dla_core, sm=a.sm, flavour=a.flavour)
     _print(side, a.json, f"wrote {side['engine']} ({side['flavour']} {side['tensorrt_version']}, "
                          f"{side['precision']}, SM{side['sm']}, {side['gpu']}) and its .json sidecar")
@@ -156,7 +167,8 @@ def add_export_commands(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(fn=cmd_export)
 
     q = sub.add_parser("quantize", help="FP16 and/or INT8 QDQ variants of an exported model")
-    q.add_argument("model", help="the FP32 ONNX model from 'maskfr export'")
+    q.add_argument("model", nargs="?", help="the FP32 ONNX model from 'maskfr export' (default: the packaged model; "
+                   "its variants are then written to the current folder)")
     q.add_argument("--fp16", action="store_true", help="write MODEL.fp16.onnx (float32 IO)")
     q.add_argument("--int8", action="store_true", help="write MODEL.int8.onnx (QDQ, calibrated; "
                    "MODEL.int8-cpu.onnx with --target cpu)")
@@ -176,8 +188,10 @@ def add_export_commands(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(fn=cmd_quantize)
 
     b = sub.add_parser("build-engine", help="TensorRT engine (+ .json sidecar); AOT without a GPU via TensorRT-RTX")
-    b.add_argument("model", help="ONNX (FP32, FP16 or INT8 QDQ: strongly typed builds take precision from it)")
-    b.add_argument("-o", "--output", help="engine path (default MODEL.<precision>.engine)")
+    b.add_argument("model", nargs="?", help="ONNX (FP32, FP16 or INT8 QDQ: strongly typed builds take precision "
+                   "from it; default: the packaged FP32 model)")
+    b.add_argument("-o", "--output", help="engine path (default MODEL.<precision>.engine; for the packaged model, "
+                   "in the current folder)")
     b.add_argument("--precision", choices=["fp32", "fp16", "int8", "best"],
                    help="default: the ONNX's own; TensorRT-RTX builds only that one, full TensorRT can also lower "
                    "an FP32 ONNX to fp16/int8/best (unverified)")

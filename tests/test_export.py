@@ -726,3 +726,22 @@ def test_export_triton_refuses_an_empty_plan(models, tmp_path):
     with pytest.raises(ValueError, match=r"m\.plan is empty"):
         write_repository(tmp_path / "repo", models["fp32"], plan=plan)
     assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.skipif(not HAVE_RTX, reason="tensorrt_rtx not installed")
+def test_packaged_model_is_the_default_and_its_variants_land_here(tmp_path, monkeypatch, capsys):
+    """Deploying the packaged model took its path inside the installed package, and outputs named after it
+    would have been written there."""
+    from maskfr.cli import main
+    from maskfr.recognizer import DEFAULT_MODEL
+
+    before = sorted(p.name for p in DEFAULT_MODEL.parent.iterdir())
+    monkeypatch.chdir(tmp_path)
+    assert main(["quantize", "--fp16"]) == 0
+    assert main(["build-engine", "g2d_student.fp16.onnx", "--sm", "86", "--batch", "1:2:4"]) == 0
+    assert main(["build-engine", "--sm", "86", "--batch", "1:2:4"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "g2d_student.fp16.engine", "g2d_student.fp16.engine.json", "g2d_student.fp16.onnx",
+        "g2d_student.fp32.engine", "g2d_student.fp32.engine.json"]
+    assert json.loads((tmp_path / "g2d_student.fp32.engine.json").read_text())["onnx_sha256"] == ox.sha256(DEFAULT_MODEL)
+    assert sorted(p.name for p in DEFAULT_MODEL.parent.iterdir()) == before

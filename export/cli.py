@@ -144,7 +144,7 @@ def cmd_build_engine(a: argparse.Namespace) -> int:
 def cmd_export_triton(a: argparse.Namespace) -> int:
     from maskfr.export.triton import write_repository
 
-    dirs = write_repository(a.repo, a.model, plan=a.plan, name=a.name, include_onnx=not a.plan_only,
+    dirs = write_repository(a.repo, _source(a.model)[0], plan=a.plan, name=a.name, include_onnx=not a.plan_only,
                             max_batch=a.max_batch, instances=a.instances,
                             kind="KIND_CPU" if a.cpu else "KIND_GPU")
     _print({"models": [str(d) for d in dirs]}, a.json, "\n".join(f"wrote {d}/config.pbtxt" for d in dirs))
@@ -205,7 +205,8 @@ def add_export_commands(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(fn=cmd_build_engine)
 
     t = sub.add_parser("export-triton", help="write a Triton model repository (ONNX and/or TensorRT plan)")
-    t.add_argument("model", help="the ONNX model (IO names/dims and metadata come from it)")
+    t.add_argument("model", nargs="?", help="the ONNX model (IO names/dims and metadata come from it; default: the "
+                   "packaged model)")
     t.add_argument("--repo", default="triton_repo", help="repository folder (default triton_repo)")
     t.add_argument("--plan", help="also add this TensorRT engine as NAME_trt (full TensorRT only)")
     t.add_argument("--plan-only", action="store_true", help="skip the ONNX Runtime model")

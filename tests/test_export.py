@@ -744,4 +744,5 @@ def test_packaged_model_is_the_default_and_its_variants_land_here(tmp_path, monk
         "g2d_student.fp16.engine", "g2d_student.fp16.engine.json", "g2d_student.fp16.onnx",
         "g2d_student.fp32.engine", "g2d_student.fp32.engine.json"]
     assert json.loads((tmp_path / "g2d_student.fp32.engine.json").read_text())["onnx_sha256"] == ox.sha256(DEFAULT_MODEL)
+    assert main(["export-triton", "--repo", "repo"]) == 0 and (tmp_path / "repo/maskfr/1/model.onnx").is_file()
     assert sorted(p.name for p in DEFAULT_MODEL.parent.iterdir()) == before

@@ -66,7 +66,9 @@ def preprocess(
     frame_index: (N,) int, the frame of each face. matrices: (N, 2, 3) frame->crop matrices
     (``align.similarity_transform``). dtype: float32 or float16. out: optional destination
     (numpy for CPU backends, a device array for ``"cuda"``), returned when given.
-    stream: CUDA stream handle (int) for ``"cuda"``; the call is asynchronous on it.
+    stream: CUDA stream handle (int) for ``"cuda"``; the call is asynchronous on it, after the work
+    queued on the streams ``out`` and the device frames name (``__cuda_array_interface__["stream"]``).
+    It runs on out's GPU; device frames must be on that GPU too.
     """
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float16):
@@ -134,35 +136,51 @@ def _preprocess_numpy(frames: Sequence[np.ndarray], frame_index: Any, matrices: 
 
 def _cuda_interface(arr: Any, what: str) -> dict:
     try:
-        return arr.__cuda_array_interface__
+        iface = arr.__cuda_array_interface__
     except AttributeError:
         raise ValueError(f"{what} must be a device array (__cuda_array_interface__) for the cuda backend") from None
+    if iface.get("mask") is not None:  # the kernel reads and writes every element
+        raise ValueError(f"{what}: masked device arrays are not supported")
+    return iface
+
+
+def _cuda_args(frames: Sequence[Any], n: int, size: int, dtype: np.dtype, out: Any) -> tuple[list[Any], int, list[int]]:
+    """Checks ``out`` and device frames (CUDA Array Interface v3) for ``_ext.preprocess_cuda`` and returns its
+    frames (host arrays, or (ptr, height, width, pitch) tuples), out's pointer and the streams to wait on."""
+    if out is None:
+        raise ValueError("the cuda backend writes into a caller-given device array: pass out=")
+    iface = _cuda_interface(out, "out")
+    if tuple(iface["shape"]) != (n, 3, size, size) or np.dtype(iface["typestr"]) != dtype:
+        raise ValueError(f"out must be a {dtype} device array of shape {(n, 3, size, size)}, "
+                         f"got {np.dtype(iface['typestr'])} {tuple(iface['shape'])}")
+    strides = iface.get("strides")
+    if strides is not None and tuple(strides) != np.empty((n, 3, size, size), dtype).strides:
+        raise ValueError("out must be C-contiguous")
+    out_ptr, readonly = iface["data"]
+    if readonly:
+        raise ValueError("out is read-only")
+    # v3 `stream`: work on the buffer may still be queued there (None or absent: nothing to wait for)
+    producers = [iface["stream"]] if iface.get("stream") is not None else []
+    if all(isinstance(f, np.ndarray) for f in frames):
+        return list(frames), out_ptr, producers
+    src = []
+    for i, f in enumerate(frames):
+        fi = _cuda_interface(f, f"frames[{i}]")
+        shape, strides = tuple(fi["shape"]), fi.get("strides")
+        if np.dtype(fi["typestr"]) != np.uint8 or len(shape) != 3 or shape[2] != 3:
+            raise ValueError(f"frames[{i}] must be a uint8 (H, W, 3) device array")
+        if strides is not None and tuple(strides[1:]) != (3, 1):
+            raise ValueError(f"frames[{i}] must have contiguous rows of pixels (strides (pitch, 3, 1))")
+        pitch = strides[0] if strides is not None else 3 * shape[1]
+        src.append((fi["data"][0], shape[0], shape[1], pitch))
+        if fi.get("stream") is not None and fi["stream"] not in producers:
+            producers.append(fi["stream"])
+    return src, out_ptr, producers
 
 
 def _preprocess_cuda(frames: Sequence[Any], frame_index: Any, matrices: Any, size: int,
                      dtype: np.dtype, out: Any, stream: int) -> Any:
     """Device output; frames may be host numpy arrays (staged through pinned memory) or device arrays."""
-    if out is None:
-        raise ValueError("the cuda backend writes into a caller-given device array: pass out=")
-    iface = _cuda_interface(out, "out")
-    n = len(np.asarray(frame_index))
-    if tuple(iface["shape"]) != (n, 3, size, size) or np.dtype(iface["typestr"]) != dtype:
-        raise ValueError(f"out must be a {dtype} device array of shape {(n, 3, size, size)}, "
-                         f"got {np.dtype(iface['typestr'])} {tuple(iface['shape'])}")
-    if iface.get("strides") not in (None, tuple(np.empty((n, 3, size, size), dtype).strides)):
-        raise ValueError("out must be C-contiguous")
-    if all(isinstance(f, np.ndarray) for f in frames):
-        src: list[Any] = list(frames)
-    else:
-        src = []
-        for i, f in enumerate(frames):
-            fi = _cuda_interface(f, f"frames[{i}]")
-            shape, strides = tuple(fi["shape"]), fi.get("strides")
-            if np.dtype(fi["typestr"]) != np.uint8 or len(shape) != 3 or shape[2] != 3:
-                raise ValueError(f"frames[{i}] must be a uint8 (H, W, 3) device array")
-            if strides is not None and tuple(strides[1:]) != (3, 1):
-                raise ValueError(f"frames[{i}] must have contiguous rows of pixels (strides (pitch, 3, 1))")
-            pitch = strides[0] if strides is not None else 3 * shape[1]
-            src.append((fi["data"][0], shape[0], shape[1], pitch))
-    _ext.preprocess_cuda(src, frame_index, matrices, iface["data"][0], size, dtype, stream)
+    src, out_ptr, producers = _cuda_args(frames, len(np.asarray(frame_index)), size, dtype, out)
+    _ext.preprocess_cuda(src, frame_index, matrices, out_ptr, size, dtype, stream, producers)
     return out

@@ -180,6 +180,68 @@ def test_cuda_entry_accepts_an_empty_batch(ext):
         ext.preprocess_cuda([np.zeros((4, 4, 3), np.uint8)], np.zeros(1, np.int64), np.zeros((1, 2, 3)), 0)
 
 
+def test_cuda_entry_takes_wait_streams_and_checks_out_ptr(ext):
+    """wait_streams (the CUDA Array Interface v3 streams to wait on) is part of the binding; a misaligned out_ptr
+    is refused before any CUDA call (a misaligned store faults and ends the process's CUDA context)."""
+    if not ext.has_cuda:
+        pytest.skip("maskfr._ext built without CUDA")
+    empty = (np.zeros(0, np.int64), np.zeros((0, 2, 3)))
+    assert ext.preprocess_cuda([], *empty, 0, wait_streams=[1, 12345]) is None
+    one = ([np.zeros((4, 4, 3), np.uint8)], np.zeros(1, np.int64), np.zeros((1, 2, 3)))
+    with pytest.raises(ValueError, match="aligned"):
+        ext.preprocess_cuda(*one, 4096 + 2, 112, np.float32)
+    if not ext.cuda_available():  # no GPU: a clear error from the runtime, not a crash
+        with pytest.raises(RuntimeError, match="CUDA error"):
+            ext.preprocess_cuda(*one, 4096, 112, np.float32)
+
+
+class _DeviceArray:
+    """A stand-in carrying a __cuda_array_interface__ dict (tests OUR validation, not CUDA)."""
+
+    def __init__(self, shape, typestr, ptr=1 << 20, readonly=False, **optional):
+        self.__cuda_array_interface__ = dict(shape=shape, typestr=typestr, data=(ptr, readonly), version=3, **optional)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """pp's cuda backend over a stand-in _ext that records what preprocess_cuda is given."""
+    calls = []
+
+    class FakeExt:
+        @staticmethod
+        def cuda_available():
+            return True
+
+        @staticmethod
+        def preprocess_cuda(*args):
+            calls.append(args)
+
+    monkeypatch.setattr(pp, "_ext", FakeExt)
+    monkeypatch.setattr(pp, "_cuda_ok", lambda: True)
+    return calls
+
+
+def test_cuda_backend_reads_the_cuda_array_interface(fake_cuda):
+    idx, mats = np.array([0, 1]), np.tile(np.eye(2, 3), (2, 1, 1))
+    shape = (2, 3, 112, 112)
+    frames = [_DeviceArray((20, 30, 3), "|u1", ptr=1 << 21, stream=9),
+              _DeviceArray((40, 50, 3), "|u1", ptr=1 << 22, strides=(256, 3, 1), stream=None)]
+    # v3 `stream`: the kernel must wait for work queued there; strides spelled as a list are still C order
+    out = _DeviceArray(shape, "<f2", strides=[2 * 3 * 112 * 112, 2 * 112 * 112, 2 * 112, 2], stream=7)
+    assert pp.preprocess(frames, idx, mats, dtype=np.float16, out=out, stream=5) is out
+    (src, _, _, ptr, size, dtype, stream, wait), = fake_cuda
+    assert src == [(1 << 21, 20, 30, 90), (1 << 22, 40, 50, 256)]
+    assert (ptr, size, dtype, stream) == (1 << 20, 112, np.float16, 5)
+    assert wait == [7, 9]
+    for bad, match in [(_DeviceArray(shape, "<f4", readonly=True), "read-only"),
+                       (_DeviceArray(shape, "<f4", mask=_DeviceArray(shape, "|b1")), "mask"),
+                       (_DeviceArray(shape, "<f4", strides=(4, 4, 4, 4)), "C-contiguous"),
+                       (_DeviceArray(shape, ">f4"), "float32 device array")]:
+        with pytest.raises(ValueError, match=match):
+            pp.preprocess([np.zeros((20, 30, 3), np.uint8)], idx, mats, out=bad)
+    assert len(fake_cuda) == 1
+
+
 @pytest.mark.parametrize("frame,match", [
     (np.zeros((20, 30, 3), np.float32), "uint8"),  # the numpy path used to warp it and cast to uint8
     (np.zeros((20, 30), np.uint8), r"\(H, W, 3\)"),
@@ -281,6 +343,8 @@ def test_cuda_host_frames(ext, cuda, n, dtype):
     assert np.isfinite(got).all()
     tol = F32_TOL if dtype == np.float32 else F16_TOL
     assert np.abs(got - reference(frames, idx, mats)).max() <= tol
+    # same warp math and the same round-to-nearest-even float16: bit-identical to the CPU kernel
+    np.testing.assert_array_equal(_to_host(cuda, out), ext.preprocess(frames, idx, mats, 112, dtype))
 
 
 @pytest.mark.gpu
@@ -291,3 +355,73 @@ def test_cuda_device_frames(ext, cuda, size):
     out = _device_empty(cuda, (9, 3, size, size), np.float32)
     pp.preprocess(dev_frames, idx, mats, size=size, backend="cuda", out=out)
     assert np.abs(_to_host(cuda, out) - reference(frames, idx, mats, size)).max() <= F32_TOL
+
+
+@pytest.mark.gpu
+def test_cuda_batch_above_grid_y_limit(ext, cuda):
+    """70,000 faces: more than the 65,535 blocks grid.y allows, so the batch is launched in slices."""
+    n, frame = 70_000, np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    mats = np.tile(np.eye(2, 3), (n, 1, 1))
+    mats[:, :, 2] = np.random.default_rng(2).uniform(-3, 3, (n, 2))
+    out = _device_empty(cuda, (n, 3, 2, 2), np.float32)
+    pp.preprocess([frame], np.zeros(n, np.int64), mats, size=2, out=out)
+    np.testing.assert_array_equal(_to_host(cuda, out), ext.preprocess([frame], np.zeros(n, np.int64), mats, 2))
+
+
+def _cupy(cuda):
+    if cuda[0] != "cupy":
+        pytest.skip("needs CuPy (streams and devices by hand)")
+    return cuda[1]
+
+
+@pytest.mark.gpu
+def test_cuda_waits_for_the_arrays_stream(ext, cuda):
+    """out is still being filled on its producer stream (queued behind slow work) when the kernel is queued on
+    another non-blocking stream: the kernel must wait for it (CUDA Array Interface v3 `stream`), else the
+    late fill overwrites the crops with NaN."""
+    cp = _cupy(cuda)
+    frames, idx, mats = random_case(np.random.default_rng(300), 9, SHAPES)
+    producer, ours = cp.cuda.Stream(non_blocking=True), cp.cuda.Stream(non_blocking=True)
+    with producer:
+        dev_frames = [cp.asarray(f) for f in frames]
+        out = cp.empty((9, 3, 112, 112), np.float32)
+        slow = cp.ones((4096, 4096), np.float32)
+        for _ in range(20):
+            slow = slow @ slow * np.float32(1e-4)
+        out.fill(np.nan)
+        if out.__cuda_array_interface__.get("stream") != producer.ptr:
+            pytest.skip("this CuPy does not export the CUDA Array Interface stream")
+        pp.preprocess(dev_frames, idx, mats, out=out, stream=ours.ptr)
+    ours.synchronize()
+    producer.synchronize()
+    np.testing.assert_array_equal(cp.asnumpy(out), ext.preprocess(frames, idx, mats))
+
+
+@pytest.mark.gpu
+def test_cuda_refuses_host_memory_as_out(ext, cuda):
+    cp = _cupy(cuda)
+    if cp.cuda.runtime.deviceGetAttribute(88, 0):  # cudaDevAttrPageableMemoryAccess: the GPU can write it
+        pytest.skip("this GPU can access pageable host memory")
+    host = np.zeros((1, 3, 112, 112), np.float32)
+    with pytest.raises(ValueError, match="can access"):
+        ext.preprocess_cuda([np.zeros((4, 4, 3), np.uint8)], np.zeros(1, np.int64), np.tile(np.eye(2, 3), (1, 1, 1)),
+                            host.ctypes.data)
+
+
+@pytest.mark.gpu
+def test_cuda_runs_on_the_gpu_of_out(ext, cuda):
+    """out on GPU 1 while GPU 0 is current: the batch runs on GPU 1 and GPU 0 stays current; device frames on
+    another GPU than out are refused (the kernel would fault)."""
+    cp = _cupy(cuda)
+    if cp.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two GPUs")
+    frames, idx, mats = random_case(np.random.default_rng(400), 5, SHAPES)
+    with cp.cuda.Device(1):
+        out = cp.full((5, 3, 112, 112), np.nan, np.float32)
+    with cp.cuda.Device(0):
+        pp.preprocess(frames, idx, mats, out=out)
+        assert cp.cuda.runtime.getDevice() == 0
+        with pytest.raises(ValueError, match="GPU 0"):
+            pp.preprocess([cp.asarray(f) for f in frames], idx, mats, out=out)
+    with cp.cuda.Device(1):
+        np.testing.assert_array_equal(cp.asnumpy(out), ext.preprocess(frames, idx, mats))

@@ -1,6 +1,7 @@
 // pybind11 bindings: argument validation (clear ValueErrors), then the kernels run without the GIL.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cmath>
 #include <cstdint>
@@ -156,7 +157,8 @@ bool cuda_available() {
 }
 
 void preprocess_cuda(const py::sequence& frames, const py::object& frame_index, const py::object& matrices,
-                     std::uintptr_t out_ptr, int size, const py::object& dtype, std::uintptr_t stream) {
+                     std::uintptr_t out_ptr, int size, const py::object& dtype, std::uintptr_t stream,
+                     const std::vector<std::uintptr_t>& wait_streams) {
 #ifdef MASKFR_WITH_CUDA
     check_size(size);
     const int itemsize = check_dtype(dtype);
@@ -206,11 +208,21 @@ void preprocess_cuda(const py::sequence& frames, const py::object& frame_index, 
             job.pitch = device_frames[f].pitch;
         }
     });
-    if (!jobs.empty() && out_ptr == 0) throw py::value_error("out_ptr must be a device pointer, got 0");
-    py::gil_scoped_release release;
-    maskfr::cuda::preprocess(host_frames, std::move(jobs), size, itemsize == 2, out_ptr, stream);
+    if (jobs.empty()) return;
+    if (out_ptr == 0) throw py::value_error("out_ptr must be a device pointer, got 0");
+    if (out_ptr % static_cast<std::uintptr_t>(itemsize) != 0) {
+        throw py::value_error("out_ptr is not aligned to its " + std::to_string(itemsize) + "-byte elements");
+    }
+    py::gil_scoped_release release;  // the first CUDA call of the process may take a while (runtime set-up)
+    const maskfr::cuda::DeviceScope scope(out_ptr);  // runs the batch on out's GPU
+    for (std::size_t i = 0; i < device_frames.size(); ++i) {
+        const auto ptr = reinterpret_cast<std::uintptr_t>(device_frames[i].frame);
+        scope.check_usable(ptr, "frames[" + std::to_string(i) + "]");
+    }
+    maskfr::cuda::preprocess(host_frames, std::move(jobs), size, itemsize == 2, out_ptr, stream, wait_streams);
 #else
-    (void)frames, (void)frame_index, (void)matrices, (void)out_ptr, (void)size, (void)dtype, (void)stream;
+    (void)frames, (void)frame_index, (void)matrices, (void)out_ptr, (void)size, (void)dtype, (void)stream,
+        (void)wait_streams;
     throw std::runtime_error("maskfr._ext was built without CUDA (MASKFR_CUDA=OFF or no CUDA toolkit)");
 #endif
 }
@@ -233,7 +245,9 @@ PYBIND11_MODULE(_ext, m) {
     m.def("cuda_available", &cuda_available, "True when built with CUDA and a CUDA device is visible.");
     m.def("preprocess_cuda", &preprocess_cuda, py::arg("frames"), py::arg("frame_index"), py::arg("matrices"),
           py::arg("out_ptr"), py::arg("size") = 112, py::arg("dtype") = py::dtype::of<float>(),
-          py::arg("stream") = 0,
-          "Same as preprocess, written to the device buffer out_ptr on `stream` (asynchronous). frames: "
-          "host numpy arrays, or (device_ptr, height, width, row_pitch_bytes) tuples.");
+          py::arg("stream") = 0, py::arg("wait_streams") = std::vector<std::uintptr_t>{},
+          "Same as preprocess, written to the device buffer out_ptr (on its GPU) on `stream` (asynchronous). "
+          "frames: host numpy arrays, or (device_ptr, height, width, row_pitch_bytes) tuples on out's GPU. "
+          "wait_streams: streams whose queued work on out / the frames must finish first (CUDA Array "
+          "Interface v3 `stream` values).");
 }

@@ -9,12 +9,16 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace maskfr::cuda {
 namespace {
 
 void check(cudaError_t err, const char* what) {
     if (err != cudaSuccess) {
+        // The runtime also keeps a failed call's error as its "last error": clear it, or the next
+        // call's cudaGetLastError() after a good launch would report this one again.
+        cudaGetLastError();
         throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorName(err) + ": " +
                                  cudaGetErrorString(err));
     }
@@ -93,7 +97,59 @@ void launch(const FaceJob* d_jobs, std::size_t n_jobs, int size, bool half, std:
 
 constexpr std::size_t align_up(std::size_t v) { return (v + 255) & ~static_cast<std::size_t>(255); }
 
+cudaPointerAttributes attributes(std::uintptr_t ptr) {
+    cudaPointerAttributes a{};
+    MFR_CUDA_CHECK(cudaPointerGetAttributes(&a, reinterpret_cast<const void*>(ptr)));
+    return a;
+}
+
+// Makes `stream` wait for the work queued so far on each producer stream (on the current device).
+void wait_for(const std::vector<std::uintptr_t>& producers, cudaStream_t stream) {
+    for (std::uintptr_t p : producers) {
+        const auto producer = reinterpret_cast<cudaStream_t>(p);
+        if (producer == stream) continue;
+        cudaEvent_t event = nullptr;
+        MFR_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+        cudaError_t err = cudaEventRecord(event, producer);
+        if (err == cudaSuccess) err = cudaStreamWaitEvent(stream, event, 0);
+        cudaEventDestroy(event);  // safe while the wait is pending: freed once the event completes
+        check(err, "cudaEventRecord + cudaStreamWaitEvent on a CUDA Array Interface stream");
+    }
+}
+
 }  // namespace
+
+DeviceScope::DeviceScope(std::uintptr_t out) {
+    MFR_CUDA_CHECK(cudaGetDevice(&previous_));
+    const cudaPointerAttributes a = attributes(out);
+    device_ = a.type == cudaMemoryTypeDevice ? a.device : previous_;
+    if (device_ != previous_) MFR_CUDA_CHECK(cudaSetDevice(device_));
+    try {
+        check_usable(out, "out");
+    } catch (...) {
+        if (device_ != previous_) cudaSetDevice(previous_);
+        throw;
+    }
+}
+
+DeviceScope::~DeviceScope() {
+    if (device_ != previous_) cudaSetDevice(previous_);
+}
+
+// A kernel touching memory its GPU cannot reach faults, and a fault ends the CUDA context of the
+// whole process (CuPy, PyTorch and TensorRT with it), so such pointers are refused up front.
+// devicePointer is the address the current device reaches the memory by (null: not at all).
+void DeviceScope::check_usable(std::uintptr_t ptr, const std::string& what) const {
+    const cudaPointerAttributes a = attributes(ptr);
+    if (a.type == cudaMemoryTypeDevice && a.device != device_) {
+        throw std::invalid_argument(what + " is on GPU " + std::to_string(a.device) + ", the batch runs on GPU " +
+                                    std::to_string(device_));
+    }
+    if (reinterpret_cast<std::uintptr_t>(a.devicePointer) != ptr) {
+        throw std::invalid_argument(what + " is not memory GPU " + std::to_string(device_) +
+                                    " can access (pageable host memory, or not a CUDA allocation)");
+    }
+}
 
 bool available() {
     int count = 0;
@@ -105,7 +161,7 @@ bool available() {
 }
 
 void preprocess(const std::vector<HostFrame>& frames, std::vector<FaceJob> jobs, int size, bool half,
-                std::uintptr_t out, std::uintptr_t stream_handle) {
+                std::uintptr_t out, std::uintptr_t stream_handle, const std::vector<std::uintptr_t>& producers) {
     if (jobs.empty()) return;
     auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
     const std::size_t jobs_bytes = align_up(jobs.size() * sizeof(FaceJob));
@@ -128,6 +184,7 @@ void preprocess(const std::vector<HostFrame>& frames, std::vector<FaceJob> jobs,
         }
     }
     std::memcpy(host, jobs.data(), jobs.size() * sizeof(FaceJob));
+    wait_for(producers, stream);
     MFR_CUDA_CHECK(cudaMemcpyAsync(device, host, total, cudaMemcpyHostToDevice, stream));
     try {
         launch(reinterpret_cast<const FaceJob*>(device), jobs.size(), size, half, out, stream);

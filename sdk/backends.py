@@ -231,6 +231,7 @@ class TensorRTRunner:
     _d_in = _d_out = 0
     _host_ptrs: tuple[int, ...] = ()
     _graph: Any = None  # full TensorRT, cuda_graph=True: the cudaGraphExec_t for batch self._graph_n
+    _device_done: Any = None  # event recorded after each infer_device enqueue, on the caller's stream
 
     def __init__(self, path: str | Path, size: int = 112, cuda_graph: bool = False):
         path = Path(path)
@@ -277,6 +278,7 @@ class TensorRTRunner:
         self._lock = threading.Lock()
         self._cudart = cudart
         self.stream = _ck(cudart.cudaStreamCreate())
+        self._device_done = _ck(cudart.cudaEventCreateWithFlags(cudart.cudaEventDisableTiming))
         n_in = max_batch * int(np.prod(self.input_shape[1:])) * self._in_dtype.itemsize
         n_out = max_batch * self.dim * self._out_dtype.itemsize
         self._d_in = _ck(cudart.cudaMalloc(n_in))
@@ -320,12 +322,17 @@ class TensorRTRunner:
     def infer_device(self, d_in: int, d_out: int, n: int, stream: int = 0) -> None:
         """Run on caller-owned device buffers (input (n,3,H,W), output (n,D) in the engine's dtypes); async on stream.
 
-        Nothing is padded or split here (the buffers are the caller's), so ``n`` must be in the engine's range."""
+        Nothing is padded or split here (the buffers are the caller's), so ``n`` must be in the engine's range.
+        One execution context serves every call, and TensorRT leaves ordering its work on different streams to the
+        caller: each call waits (on the GPU) for the previous infer_device's work, and infer() for the last one."""
         if not self._min_batch <= n <= self.input_shape[0]:
             raise ValueError(f"batch {n} outside the engine's range {self._min_batch}..{self.input_shape[0]}; "
                              "split or pad it, use infer(), or rebuild with `maskfr build-engine --batch MIN:OPT:MAX`")
+        cudart = self._cudart
         with self._lock:
+            _ck(cudart.cudaStreamWaitEvent(stream, self._device_done, 0))
             self._enqueue(n, d_in, d_out, stream)
+            _ck(cudart.cudaEventRecord(self._device_done, stream))
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         x = np.asarray(batch)
@@ -335,6 +342,8 @@ class TensorRTRunner:
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         outs = []
         with self._lock:
+            # after any infer_device work still queued on the caller's stream (infer() itself ends synchronised)
+            _ck(cudart.cudaStreamWaitEvent(self.stream, self._device_done, 0))
             for i in range(0, len(x), hi):
                 n = min(hi, len(x) - i)
                 m = max(n, lo)  # below the profile minimum: zero rows run along and are dropped
@@ -384,5 +393,7 @@ class TensorRTRunner:
         for p in (self._d_in, self._d_out):
             if p:
                 cudart.cudaFree(p)
+        if self._device_done is not None:
+            cudart.cudaEventDestroy(self._device_done)
         if self.stream is not None:
             cudart.cudaStreamDestroy(self.stream)

@@ -382,6 +382,22 @@ def test_tensorrt_runner_infer_device_checks_the_profile_range(stub_trt):
     np.testing.assert_allclose(y, trt_fakes.embed(x, 16), rtol=1e-6)
 
 
+def test_tensorrt_runner_orders_its_context_across_streams(stub_trt):
+    """One execution context serves infer (its own stream) and infer_device (the caller's): TensorRT leaves
+    ordering its work on different streams to the caller, so each waits (on the GPU) for the last device run."""
+    s = stub_trt()
+    r = s.open()
+    x, y = _faces(3), np.zeros((3, 16), np.float32)
+    a, b = 11, 12  # the caller's stream handles
+    r.infer_device(x.ctypes.data, y.ctypes.data, 3, stream=a)
+    r.infer_device(x.ctypes.data, y.ctypes.data, 3, stream=b)
+    r.infer(x)
+    assert s.cudart.waits == [(a, None), (b, a), (r.stream, b)]  # the first waits on a never-recorded event
+    del r
+    gc.collect()
+    assert s.cudart.live == set()
+
+
 def test_tensorrt_runner_recaptures_its_cuda_graph_when_the_batch_changes(stub_trt):
     """Full TensorRT: one graph per batch size was kept and replayed after other shapes had run on the same
     context (a graph holds what was enqueued for its shape), and no captured cudaGraph_t was ever destroyed."""

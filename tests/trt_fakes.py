@@ -48,6 +48,9 @@ class FakeCudart:
             cudaMemcpyKind=SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2),
             cudaStreamCaptureMode=SimpleNamespace(cudaStreamCaptureModeGlobal=0))
         self.cudaMemcpyKind, self.cudaStreamCaptureMode = ns.cudaMemcpyKind, ns.cudaStreamCaptureMode
+        self.cudaEventDisableTiming = 2
+        self.recorded: dict[int, Any] = {}  # event -> the stream it was last recorded on
+        self.waits: list[tuple[Any, Any]] = []  # (stream, the stream its awaited event was recorded on)
 
     def _call(self, name: str, *args: Any) -> bool:
         """Record the call, type-check it against the real binding; False when this call is to fail."""
@@ -88,6 +91,22 @@ class FakeCudart:
         self._call("cudaMemcpyAsync", dst, src, count, kind, stream)
         self.enqueue(lambda: ctypes.memmove(dst, src, count))
         return (0,)
+
+    def cudaEventCreateWithFlags(self, flags: int) -> tuple:
+        return (0, self._handle("cudaEvent_t")) if self._call("cudaEventCreateWithFlags", flags) else (ERR, None)
+
+    def cudaEventRecord(self, event: Any, stream: Any) -> tuple:
+        self._call("cudaEventRecord", event, stream)
+        self.recorded[id(event)] = stream
+        return (0,)
+
+    def cudaStreamWaitEvent(self, stream: Any, event: Any, flags: int) -> tuple:
+        self._call("cudaStreamWaitEvent", stream, event, flags)
+        self.waits.append((stream, self.recorded.get(id(event))))
+        return (0,)
+
+    def cudaEventDestroy(self, event: Any) -> tuple:
+        return self._release("cudaEventDestroy", event, id(event))
 
     def cudaStreamSynchronize(self, stream: Any) -> tuple:
         self._call("cudaStreamSynchronize", stream)

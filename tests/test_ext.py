@@ -8,8 +8,10 @@ Without the extension these tests skip, unless MASKFR_REQUIRE_EXT=1 (CI), where 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -425,3 +427,16 @@ def test_cuda_runs_on_the_gpu_of_out(ext, cuda):
             pp.preprocess([cp.asarray(f) for f in frames], idx, mats, out=out)
     with cp.cuda.Device(1):
         np.testing.assert_array_equal(cp.asnumpy(out), ext.preprocess(frames, idx, mats))
+
+
+@pytest.mark.skipif(not (shutil.which("aarch64-linux-gnu-g++") and shutil.which("qemu-aarch64")),
+                    reason="needs aarch64-linux-gnu-g++ and qemu-aarch64 (Debian: g++-aarch64-linux-gnu qemu-user)")
+def test_aarch64_build_matches_x86_bit_for_bit(tmp_path):
+    """Jetson's CPU cores and other ARM machines run the portable kernel with the hardware fmaf: built for
+    aarch64 and run under qemu, it must give the x86-64 build's bytes (which the tests above hold to OpenCV)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "aarch64_check.sh"
+    out = subprocess.run(["bash", str(script), str(tmp_path)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stdout.splitlines() if "values differ" in line]
+    assert len(lines) == 4 and all(": 0 of " in line for line in lines), out.stdout

@@ -30,9 +30,11 @@ def cmd_mask(a: argparse.Namespace) -> int:
 
 
 # MaskSynth's settings for each --mask-style: the share of MaskTheFace template masks (the rest are procedural
-# shapes and fills), of masks worn below the nose, and of scarves, gaiters and bandanas instead of masks
+# shapes and fills), of masks worn below the nose, of scarves, gaiters and bandanas instead of masks, and of
+# sunglasses worn with the mask
 MASK_STYLES = {"mixed": {"p_template": 0.5}, "template": {"p_template": 1.0}, "procedural": {"p_template": 0.0},
-               "below-nose": {"p_template": 0.5, "p_below_nose": 1.0}, "scarf": {"p_template": 0.0, "p_scarf": 1.0}}
+               "below-nose": {"p_template": 0.5, "p_below_nose": 1.0}, "scarf": {"p_template": 0.0, "p_scarf": 1.0},
+               "sunglasses": {"p_template": 0.5, "p_sunglasses": 1.0}}
 
 
 def cmd_eval(a: argparse.Namespace) -> int:

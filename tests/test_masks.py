@@ -11,12 +11,12 @@ COVERED = [30, 33, 51, 57, 62, 66, 8]  # nose tip (its lower side), lips, chin
 EYES = list(range(36, 48))
 
 
-def _check_coverage(occ: np.ndarray, lm: np.ndarray) -> None:
+def _check_coverage(occ: np.ndarray, lm: np.ndarray, eyes_bare: bool = True) -> None:
     inner = lm[[33, 51, 57, 62, 66]]
     chin = lm[57] + 0.7 * (lm[8] - lm[57])  # between lower lip and chin tip
     for p in np.vstack([inner, chin[None]]):
         assert occ[int(round(p[1])), int(round(p[0]))], f"point {p} not covered"
-    for p in lm[EYES]:
+    for p in lm[EYES] if eyes_bare else []:
         assert not occ[int(round(p[1])), int(round(p[0]))], f"eye point {p} covered"
 
 
@@ -82,6 +82,23 @@ def test_scarves_hide_the_face_outline_too():
                 assert occ[int(round(p[1])), int(round(p[0]))], f"point {p} not covered"
     assert MaskSynth(None, p_scarf=0.0)(img, lm, np.random.default_rng(3))[0].tobytes() == \
         MaskSynth(None)(img, lm, np.random.default_rng(3))[0].tobytes()  # no draw when off: old masks unchanged
+
+
+def test_sunglasses_cover_both_eyes_on_top_of_the_mask():
+    """Sunglasses go over the eyes, with the mask still there; off, no random number is drawn (old masks unchanged)."""
+    plain, shaded = MaskSynth(None), MaskSynth(None, p_sunglasses=1.0)
+    for angle in (0.0, 0.25, -0.3):
+        lm = face_landmarks(angle=angle)
+        img = draw_face(lm)
+        for seed in range(12):
+            occ = shaded(img, lm, np.random.default_rng(seed))[1]
+            _check_coverage(occ, lm, eyes_bare=False)
+            for eye in (lm[36:42].mean(0), lm[42:48].mean(0)):
+                assert occ[int(round(eye[1])), int(round(eye[0]))], f"eye {eye} not covered"
+            brow = lm[19] + 0.5 * (lm[19] - lm[37])  # above the brow: the forehead stays bare
+            assert not occ[int(round(brow[1])), int(round(brow[0]))]
+    assert MaskSynth(None, p_sunglasses=0.0)(img, lm, np.random.default_rng(3))[0].tobytes() == \
+        plain(img, lm, np.random.default_rng(3))[0].tobytes()
 
 
 def test_deterministic_under_seed_and_varied_across_seeds():

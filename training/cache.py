@@ -183,8 +183,11 @@ def build(samples: list[Sample], out: str | Path, masks_root: str | Path | None,
 def mask_recipe(synth) -> dict:
     """What drew a set of masked faces, so it is never reused for masks drawn otherwise: the template and
     texture counts of the masks folder (0 without one) and the shares of each kind."""
-    return {"templates": len(synth.templates), "textures": len(synth.textures), "p_template": synth.p_template,
-            "p_below_nose": synth.p_below_nose, "p_scarf": synth.p_scarf}
+    recipe = {"templates": len(synth.templates), "textures": len(synth.textures), "p_template": synth.p_template,
+              "p_below_nose": synth.p_below_nose, "p_scarf": synth.p_scarf}
+    if synth.p_sunglasses:  # only then: the caches built before it existed keep their recipe
+        recipe["p_sunglasses"] = synth.p_sunglasses
+    return recipe
 
 
 def _refuse(path: str | Path, why: str) -> ValueError:

@@ -15,6 +15,10 @@ people often wear them. ``p_scarf`` of the occluders are a third kind: scarves,
 neck gaiters and bandanas, cloth from the nose down past the chin and out past the
 jaw, so that, unlike a mask, they hide the face's outline too.
 
+``p_sunglasses`` of the faces also get sunglasses (dark lenses over both eyes, a
+bridge and the temples), as people wear them with a mask outdoors: then only the
+brows, the forehead and the face's outline are left to recognise.
+
 Every call returns the masked image and the binary occlusion map; it is
 deterministic for a given ``numpy.random.Generator`` state.
 """
@@ -112,10 +116,11 @@ def _blend(img: np.ndarray, rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 class MaskSynth:
     """Random mask painter. ``masks_root`` adds MaskTheFace templates and textures."""
 
-    SHARES = ("p_template", "p_below_nose", "p_scarf")  # the keyword arguments a config or --mask-style may set
+    # the keyword arguments a config or --mask-style may set
+    SHARES = ("p_template", "p_below_nose", "p_scarf", "p_sunglasses")
 
     def __init__(self, masks_root: str | Path | None = None, p_template: float = 0.5, p_below_nose: float = 0.0,
-                 p_scarf: float = 0.0):
+                 p_scarf: float = 0.0, p_sunglasses: float = 0.0):
         self.templates = load_templates(masks_root) if masks_root else []
         self.textures = load_textures(masks_root) if masks_root else []
         if masks_root and p_template > 0 and not self.templates:  # not procedural-only in silence
@@ -124,6 +129,7 @@ class MaskSynth:
         self.p_template = p_template if self.templates else 0.0
         self.p_below_nose = p_below_nose
         self.p_scarf = p_scarf
+        self.p_sunglasses = p_sunglasses
 
     def __call__(self, img: np.ndarray, lm68: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Masked copy of an RGB uint8 image and its occlusion map (bool HxW)."""
@@ -137,7 +143,11 @@ class MaskSynth:
             rgb, alpha = family(img.shape[:2], lm, rng, low)
         # global brightness of the mask follows a random light level, as real photos do
         rgb = rgb * rng.uniform(0.7, 1.1)
-        return _blend(img, rgb, alpha), alpha > 0.5
+        out, occ = _blend(img, rgb, alpha), alpha > 0.5
+        if self.p_sunglasses > 0 and rng.random() < self.p_sunglasses:  # no draw when 0, as for scarves
+            rgb, alpha = self._sunglasses(img.shape[:2], lm, rng)
+            out, occ = _blend(out, rgb, alpha), occ | (alpha > 0.5)
+        return out, occ
 
     # -- fills -------------------------------------------------------------------------------
     def _fill(self, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -276,6 +286,47 @@ class MaskSynth:
         g = 1 + rng.uniform(0, 0.2) * np.sin(2 * np.pi * along / rng.uniform(0.1, 0.35) + rng.uniform(0, 2 * np.pi)) \
             + rng.uniform(-0.15, 0.15) * ((xx - top[0]) * across[0] + (yy - top[1]) * across[1]) / (width + 1e-6)
         return self._fill((h, w), rng) * g[..., None], alpha
+
+    def _sunglasses(self, shape, lm, rng):
+        """Two lenses over the eyes (ellipses or rounded rectangles, tinted, mostly opaque), a bridge and temples."""
+        h, w = shape
+        eyes = np.stack([lm[36:42].mean(0), lm[42:48].mean(0)])
+        d = float(np.linalg.norm(eyes[1] - eyes[0]))
+        across = (eyes[1] - eyes[0]) / (d + 1e-9)
+        down = np.array([-across[1], across[0]], np.float32)
+        angle = float(np.degrees(np.arctan2(across[1], across[0])))
+        half = np.array([rng.uniform(0.36, 0.48), rng.uniform(0.24, 0.36)]) * d  # lens half width, half height
+        centres = eyes + down * d * rng.uniform(-0.02, 0.1)
+        lens = np.zeros((h, w), np.float32)
+        round_lens = rng.random() < 0.5
+        for c in centres:
+            if round_lens:
+                cv2.ellipse(lens, tuple((c * 16).round().astype(int).tolist()), tuple((half * 16).round().astype(int).tolist()),
+                            angle, 0, 360, 1.0, -1, cv2.LINE_AA, 4)
+            else:  # a rectangle with rounded corners, drawn as a thick-outlined smaller one
+                r = 0.35 * half[1]
+                corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * (half - r)
+                poly = c + corners[:, :1] * across + corners[:, 1:] * down
+                cv2.fillPoly(lens, [(poly * 16).round().astype(np.int32)], 1.0, cv2.LINE_AA, 4)
+                cv2.polylines(lens, [(poly * 16).round().astype(np.int32)], True, 1.0, int(2 * r), cv2.LINE_AA, 4)
+        frame = np.zeros((h, w), np.float32)
+        t = max(1, int(round(d * rng.uniform(0.03, 0.07))))
+        inner = [centres[0] + across * half[0], centres[1] - across * half[0]]
+        cv2.line(frame, tuple(int(v) for v in inner[0].round()), tuple(int(v) for v in inner[1].round()), 1.0, t,
+                 cv2.LINE_AA)
+        for c, side, jaw in ((centres[0], -1, lm[0]), (centres[1], 1, lm[16])):  # temples to the ears
+            start = c + side * across * half[0]
+            cv2.line(frame, tuple(int(v) for v in start.round()), tuple(int(v) for v in jaw.round()), 1.0, t, cv2.LINE_AA)
+        tint = rng.uniform(0, 70, 3) if rng.random() < 0.7 else rng.uniform(0, 160, 3)  # mostly dark, some coloured
+        frame_rgb = rng.uniform(0, 255, 3) if rng.random() < 0.3 else np.full(3, rng.uniform(0, 60))
+        opacity = rng.uniform(0.8, 1.0)
+        # a highlight across each lens, as sky reflected in it
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        glare = np.clip(1 - np.abs((xx - eyes[0][0]) * down[0] + (yy - eyes[0][1]) * down[1] + rng.uniform(-0.3, 0.1) * d)
+                        / (0.15 * d), 0, 1) * rng.uniform(0, 60)
+        rgb = np.where((frame > lens)[..., None], frame_rgb, tint + glare[..., None])
+        alpha = np.maximum(lens * opacity, frame)
+        return rgb.astype(np.float32), alpha
 
 
 def mask_image(img: np.ndarray, lm68: np.ndarray, synth: MaskSynth, seed: int) -> tuple[np.ndarray, np.ndarray]:

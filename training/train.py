@@ -66,7 +66,8 @@ def load_config(path: str | Path) -> dict:
 # typo'd key was ignored in silence and a wrong type failed only mid-run. REQUIRED are read by every run; None
 # is allowed only where the code reads it as "off" (NULLABLE).
 CONFIG_TYPES = {"name": str, "seed": int, "train_lfw_folds": list, "use_celeba": bool, "batch_size": int,
-                "p_mask": float, "p_template": float, "p_below_nose": float, "p_scarf": float, "p_mirror": float,
+                "p_mask": float, "p_template": float, "p_below_nose": float, "p_scarf": float, "p_sunglasses": float,
+                "p_mirror": float,
                 "generative_pretraining": bool, "center_teacher": bool, "stages": dict, "threads": int,
                 "workers": int, "align_jitter": dict, "degrade": dict, "wise_alpha": float, "device": str,
                 "log_every": int}

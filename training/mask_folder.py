@@ -30,8 +30,9 @@ def mask_folder(src: str | Path, dst: str | Path, masks_root: str | Path | None 
     from maskfr.training.masks import MaskSynth
     src, dst = Path(src), Path(dst)
     if not src.is_dir():  # a file was called missing
+        why = "is not a folder" if src.exists() else "does not exist"
         raise (NotADirectoryError if src.exists() else FileNotFoundError)(
-            f"source {src} {'is not a folder' if src.exists() else 'does not exist'}: give a root/<identity>/*.jpg folder")
+            f"source {src} {why}: give a root/<identity>/*.jpg folder")
     # DST = SRC overwrote the originals with masked copies; DST inside SRC masked the masked copies on a re-run
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
         raise ValueError(f"destination {dst} is the source folder {src} or inside it: give a folder outside it")

@@ -301,8 +301,8 @@ class MaskSynth:
         round_lens = rng.random() < 0.5
         for c in centres:
             if round_lens:
-                cv2.ellipse(lens, tuple((c * 16).round().astype(int).tolist()), tuple((half * 16).round().astype(int).tolist()),
-                            angle, 0, 360, 1.0, -1, cv2.LINE_AA, 4)
+                centre, axes = (tuple((v * 16).round().astype(int).tolist()) for v in (c, half))  # 4 fraction bits
+                cv2.ellipse(lens, centre, axes, angle, 0, 360, 1.0, -1, cv2.LINE_AA, 4)
             else:  # a rectangle with rounded corners, drawn as a thick-outlined smaller one
                 r = 0.35 * half[1]
                 corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * (half - r)
@@ -316,14 +316,15 @@ class MaskSynth:
                  cv2.LINE_AA)
         for c, side, jaw in ((centres[0], -1, lm[0]), (centres[1], 1, lm[16])):  # temples to the ears
             start = c + side * across * half[0]
-            cv2.line(frame, tuple(int(v) for v in start.round()), tuple(int(v) for v in jaw.round()), 1.0, t, cv2.LINE_AA)
+            cv2.line(frame, tuple(int(v) for v in start.round()), tuple(int(v) for v in jaw.round()), 1.0, t,
+                     cv2.LINE_AA)
         tint = rng.uniform(0, 70, 3) if rng.random() < 0.7 else rng.uniform(0, 160, 3)  # mostly dark, some coloured
         frame_rgb = rng.uniform(0, 255, 3) if rng.random() < 0.3 else np.full(3, rng.uniform(0, 60))
         opacity = rng.uniform(0.8, 1.0)
         # a highlight across each lens, as sky reflected in it
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        glare = np.clip(1 - np.abs((xx - eyes[0][0]) * down[0] + (yy - eyes[0][1]) * down[1] + rng.uniform(-0.3, 0.1) * d)
-                        / (0.15 * d), 0, 1) * rng.uniform(0, 60)
+        offset = (xx - eyes[0][0]) * down[0] + (yy - eyes[0][1]) * down[1] + rng.uniform(-0.3, 0.1) * d
+        glare = np.clip(1 - np.abs(offset) / (0.15 * d), 0, 1) * rng.uniform(0, 60)
         rgb = np.where((frame > lens)[..., None], frame_rgb, tint + glare[..., None])
         alpha = np.maximum(lens * opacity, frame)
         return rgb.astype(np.float32), alpha

@@ -157,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--folds", default="1-10", help="pairs.txt folds to evaluate, e.g. 6-10")
     e.add_argument("--mask-style", choices=list(MASK_STYLES), default="mixed",
                    help="masks drawn on the test faces: half MaskTheFace templates and half procedural (mixed, "
-                   "as in training), or one family only, e.g. to test a model trained without it, or both worn "
-                   "below the nose (below-nose; never trained on)")
+                   "as in training), or one family only, e.g. to test a model trained without it; occluders the "
+                   "packaged model never trained on: masks worn below the nose (below-nose), scarves, gaiters and "
+                   "bandanas (scarf), or masks with sunglasses (sunglasses)")
     e.add_argument("--cache", help="aligned-face cache (.npz); default ~/.cache/maskfr/lfw.npz, or "
                    "lfw-<style>.npz for a single --mask-style")
     e.add_argument("--out", default="eval_out", help="folder for the JSON report and ROC plot")

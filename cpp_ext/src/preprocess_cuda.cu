@@ -189,8 +189,9 @@ void preprocess(const std::vector<HostFrame>& frames, std::vector<FaceJob> jobs,
     try {
         launch(reinterpret_cast<const FaceJob*>(device), jobs.size(), size, half, out, stream);
     } catch (...) {
-        // the copy is queued: the next call must still wait for it before rewriting the pinned buffer
-        cudaEventRecord(s.done, stream);
+        // the copy is queued: the next call must still wait for it before rewriting the pinned buffer. A failure
+        // here is left out of the runtime's last error, which the next call's launch check would report
+        if (cudaEventRecord(s.done, stream) != cudaSuccess) cudaGetLastError();
         throw;
     }
     MFR_CUDA_CHECK(cudaEventRecord(s.done, stream));

@@ -43,7 +43,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from maskfr.training import cache as fc
     from maskfr.training.data import LFW
     from maskfr.training.embedders import dlib_embedder, dlib_port_embedder, onnx_embedder
-    from maskfr.training.evaluate import TABLE_HEADER, compare, comparison_rows, evaluate, lfw_pairs, markdown_rows
+    from maskfr.training.evaluate import (TABLE_HEADER, compare, comparison_rows, dense_line, dense_tar, evaluate,
+                                          lfw_pairs, markdown_rows)
     cache_path = Path(a.cache) if a.cache else fc.lfw_cache_path(a.mask_style)
     if MASK_STYLES[a.mask_style]["p_template"] > 0 and not a.masks and not cache_path.exists():
         raise ValueError(f"building the cache with --mask-style {a.mask_style} draws MaskTheFace templates: give their "
@@ -79,8 +80,11 @@ def cmd_eval(a: argparse.Namespace) -> int:
     name = a.name or Path(a.model).stem
     report = evaluate(emb.__getitem__, sub, pairs, a.out, name)
     if a.baseline:
+        base = embeddings(a.baseline)
         report["baseline"] = a.baseline
-        report["vs_baseline"] = compare(emb, embeddings(a.baseline), sub, pairs)
+        report["vs_baseline"] = compare(emb, base, sub, pairs)
+        if "dense_far1e-3" in report:
+            report["baseline_dense_far1e-3"] = dense_tar(base, sub["identity"])
     if a.json:
         print(json.dumps(report))
     else:
@@ -88,6 +92,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
         print(f"detection (dlib HOG): unmasked {d['found_unmasked']}/{d['images']} ({100 * d['rate_unmasked']:.1f} %),"
               f" masked {d['found_masked']}/{d['found_unmasked']} ({100 * d['rate_masked']:.1f} %)")
         print("\n".join(TABLE_HEADER + markdown_rows(report)))
+        if "dense_far1e-3" in report:
+            print("\n" + dense_line(name, report["dense_far1e-3"], len(rows)))
+        if "baseline_dense_far1e-3" in report:
+            print(dense_line(a.baseline, report["baseline_dense_far1e-3"], len(rows)))
         if a.baseline:
             print(f"\nA = {name}, B = {a.baseline}, same pairs, thresholds cross-validated per model\n")
             print("\n".join(comparison_rows(report["vs_baseline"])))

@@ -36,8 +36,7 @@ import numpy as np
 
 from maskfr.cli import MASK_STYLES
 from maskfr.detector import MODELS_DIR, FaceDetector, box_iou
-
-CACHE = Path.home() / ".cache" / "maskfr"
+from maskfr.training.cache import CACHE_ROOT as CACHE  # $MASKFR_CACHE, else ~/.cache/maskfr
 
 
 def sample_paths(lfw_root: str, n: int, seed: int, folds: list[int], exclude: set[str] = frozenset()) -> list[str]:
@@ -165,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--folds", default="6-10", help="LFW people.txt folds to sample people from")
     ap.add_argument("--mtcnn", action="append", default=[], metavar="LABEL=DIR[@P/R/O]",
                     help="an MTCNN model folder to compare, optionally with its stage thresholds (default: "
-                         "as-shipped originals in ~/.cache at facenet-pytorch's 0.6/0.7/0.7 if exported there, "
+                         "as-shipped originals in the cache folder at facenet-pytorch's 0.6/0.7/0.7 if exported there, "
                          "plus the package's nets)")
     ap.add_argument("--thresholds", action="append", default=[], metavar="P/R/O",
                     help="also run the package nets with these stage thresholds (repeatable), e.g. 0.6/0.5/0.5")

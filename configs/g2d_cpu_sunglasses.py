@@ -1,5 +1,5 @@
-"""configs/g2d_cpu_camera.py (the packaged recipe) with sunglasses drawn over the eyes of 15 % of the training faces,
-on top of their mask (``MaskSynth(p_sunglasses=...)``): with both worn, only the brows, the forehead and the face's
+"""configs/g2d_cpu_camera.py (the packaged recipe) with sunglasses drawn over the eyes of 15 % of the masked training
+faces (p_mask 0.75: ~11 % of all), on top of their mask (``MaskSynth(p_sunglasses=...)``): with both worn, only the brows, the forehead and the face's
 outline are left (benchmarks/RESULTS.md, "Masks with sunglasses").
 """
 import runpy

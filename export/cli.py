@@ -175,7 +175,8 @@ def add_export_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--target", choices=["tensorrt", "cpu"], default="tensorrt",
                    help="INT8 flavour: tensorrt (S8S8 symmetric) or cpu (U8S8, faster on AVX2 CPUs)")
     q.add_argument("--calib", help="a folder of your images (faces found and aligned as the runtime does; "
-                   "include masked ones), an aligned-face cache .npz (default ~/.cache/maskfr/lfw.npz) or an .npy of crops")
+                   "include masked ones), an aligned-face cache .npz (default lfw.npz in the cache folder: "
+                   "$MASKFR_CACHE, else ~/.cache/maskfr) or an .npy of crops")
     q.add_argument("--lfw", help="LFW root: calibrate only on the people of --folds (recommended)")
     q.add_argument("--folds", default="1-5", help="LFW folds whose people calibrate (default 1-5)")
     q.add_argument("-n", type=_at_least_one, default=256, help="calibration faces (from the cache: half masked)")

@@ -221,8 +221,9 @@ class TensorRTRunner:
     lock since they share the buffers. ``infer_device`` takes caller-owned device pointers (pycuda
     ``int(gpuarray.gpudata)``, CuPy ``arr.data.ptr``) and a stream and does no copies.
     ``cuda_graph=True``: TensorRT-RTX's own CUDA graphs (``IRuntimeConfig.cuda_graph_strategy``);
-    on full TensorRT, one graph captured by hand after a warm-up run and re-captured whenever the
-    batch size changes.
+    on full TensorRT, one graph captured by hand after a warm-up run for the profile's largest batch, which
+    ``infer`` pads every chunk to (graphs pay where batches are full: leave them off for a few faces at a
+    time), and re-captured when ``infer_device`` has run another batch size on the context since.
     """
 
     # What __del__ frees, set as soon as each is got so that a half-finished __init__ frees no more and no less.
@@ -346,7 +347,9 @@ class TensorRTRunner:
             _ck(cudart.cudaStreamWaitEvent(self.stream, self._device_done, 0))
             for i in range(0, len(x), hi):
                 n = min(hi, len(x) - i)
-                m = max(n, lo)  # below the profile minimum: zero rows run along and are dropped
+                # zero rows run along and are dropped: below the profile minimum, and with a hand-captured graph up
+                # to the profile maximum, so that one graph serves every call
+                m = hi if self._capture else max(n, lo)
                 self._h_in[:n] = x[i:i + n]
                 self._h_in[n:m] = 0
                 _ck(cudart.cudaMemcpyAsync(self._d_in, self._h_in.ctypes.data, self._h_in[:m].nbytes, h2d, self.stream))

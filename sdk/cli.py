@@ -156,8 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true", help="print one JSON object")
     m.set_defaults(fn=cmd_mask)
     e = sub.add_parser("eval", help="LFW verification, unmasked and masked, with detection rates")
-    e.add_argument("--model", default="dlib", help="'dlib' (the teacher, through dlib), 'dlib-port' (the same network, our batched "
-                   "torch port) or a path to an ONNX student")
+    e.add_argument("--model", default="dlib", help="'dlib' (the teacher, through dlib), 'dlib-port' (the same "
+                   "network, our batched torch port) or a path to an ONNX student")
     e.add_argument("--name", help="row name in the table (default: model file stem)")
     e.add_argument("--lfw", required=True, help="LFW root (images_*/, pairs.txt, people.txt)")
     e.add_argument("--masks", help="MaskTheFace templates folder: builds the cache, and a cache built with one is "
@@ -168,8 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "as in training), or one family only, e.g. to test a model trained without it; occluders the "
                    "packaged model never trained on: masks worn below the nose (below-nose), scarves, gaiters and "
                    "bandanas (scarf), or masks with sunglasses (sunglasses)")
-    e.add_argument("--cache", help="aligned-face cache (.npz); default ~/.cache/maskfr/lfw.npz, or "
-                   "lfw-<style>.npz for a single --mask-style")
+    e.add_argument("--cache", help="aligned-face cache (.npz); default lfw.npz, or lfw-<style>.npz for a single "
+                   "--mask-style, in the cache folder ($MASKFR_CACHE, else ~/.cache/maskfr)")
     e.add_argument("--out", default="eval_out", help="folder for the JSON report and ROC plot")
     e.add_argument("--baseline", help="a second model (same choices as --model) to compare with on the same "
                    "pairs: accuracy difference per fold and McNemar's exact test on the pairs they decide differently")
@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--lfw", required=True, help="LFW root (images_*/, people.txt)")
     h.add_argument("--folds", default="6-10", help="people.txt folds of people never trained on (default 6-10, "
                    "the held-out people of configs/g2d_*.py)")
-    h.add_argument("--cache", help="aligned-face cache (.npz); default ~/.cache/maskfr/lfw.npz")
+    h.add_argument("--cache", help="aligned-face cache (.npz); default lfw.npz in the cache folder ($MASKFR_CACHE, "
+                   "else ~/.cache/maskfr)")
     h.add_argument("-o", "--output", required=True, help="JSON file of thresholds, for 'maskfr export --thresholds'")
     h.set_defaults(fn=cmd_thresholds)
     t = sub.add_parser("train", help="train G2D (inpaint -> reformer -> classifier), resumable")
@@ -189,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lfw", required=True, help="LFW root (images_*/, pairs.txt, people.txt)")
     t.add_argument("--celeba", help="CelebA-style folder (images/ + identity.txt) added to training")
     t.add_argument("--masks", help="MaskTheFace templates folder")
-    t.add_argument("--run", help="run folder (default ~/.cache/maskfr/runs/<config name>)")
+    t.add_argument("--run", help="run folder (default runs/<config name> in the cache folder: $MASKFR_CACHE, else "
+                   "~/.cache/maskfr)")
     t.add_argument("--set", action="append", help="override a config key, e.g. --set generative_pretraining=False")
     t.add_argument("--eval", action="store_true", help="evaluate on the held-out LFW folds when done")
     t.set_defaults(fn=cmd_train)

@@ -154,7 +154,8 @@ def _cuda_args(frames: Sequence[Any], n: int, size: int, dtype: np.dtype, out: A
         raise ValueError(f"out must be a {dtype} device array of shape {(n, 3, size, size)}, "
                          f"got {np.dtype(iface['typestr'])} {tuple(iface['shape'])}")
     strides = iface.get("strides")
-    if strides is not None and tuple(strides) != np.empty((n, 3, size, size), dtype).strides:
+    c_order = tuple(dtype.itemsize * k for k in (3 * size * size, size * size, size, 1))
+    if strides is not None and tuple(strides) != c_order:
         raise ValueError("out must be C-contiguous")
     out_ptr, readonly = iface["data"]
     if readonly:

@@ -343,7 +343,8 @@ def test_train_checks_people_and_pairs_before_any_work(tmp_path, capsys, monkeyp
 
 def test_cache_folder_moves_with_maskfr_cache(tmp_path):
     """4 GB of face caches had to live under the home folder."""
-    code = "from maskfr.training import cache as fc, embedders; print(fc.lfw_cache_path(), embedders.CACHE_ROOT)"
+    code = ("from maskfr.training import cache as fc, embedders, mtcnn; "
+            "print(fc.lfw_cache_path(), embedders.CACHE_ROOT, mtcnn.CACHE)")
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "MASKFR_CACHE": str(tmp_path)},
                          capture_output=True, text=True, check=True).stdout.split()
-    assert out == [str(tmp_path / "lfw.npz"), str(tmp_path)]
+    assert out == [str(tmp_path / "lfw.npz"), str(tmp_path), str(tmp_path / "mtcnn")]

@@ -8,6 +8,7 @@ Without the extension these tests skip, unless MASKFR_REQUIRE_EXT=1 (CI), where 
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -429,8 +430,10 @@ def test_cuda_runs_on_the_gpu_of_out(ext, cuda):
         np.testing.assert_array_equal(cp.asnumpy(out), ext.preprocess(frames, idx, mats))
 
 
-@pytest.mark.skipif(not (shutil.which("aarch64-linux-gnu-g++") and shutil.which("qemu-aarch64")),
-                    reason="needs aarch64-linux-gnu-g++ and qemu-aarch64 (Debian: g++-aarch64-linux-gnu qemu-user)")
+@pytest.mark.skipif(platform.machine() != "x86_64" or not (shutil.which("aarch64-linux-gnu-g++")
+                                                           and shutil.which("qemu-aarch64")),
+                    reason="needs an x86-64 host with aarch64-linux-gnu-g++ and qemu-aarch64 (Debian: "
+                           "g++-aarch64-linux-gnu qemu-user)")
 def test_aarch64_build_matches_x86_bit_for_bit(tmp_path):
     """Jetson's CPU cores and other ARM machines run the portable kernel with the hardware fmaf: built for
     aarch64 and run under qemu, it must give the x86-64 build's bytes (which the tests above hold to OpenCV)."""

@@ -1,7 +1,7 @@
 """Embedding functions for evaluation: dlib's recogniser (the teacher) or any exported ONNX model.
 
 Each takes the cache (dict of arrays) and returns ``embed(masked) -> (N, d)``
-L2-normalised float32, cached on disk under ``~/.cache/maskfr`` because the
+L2-normalised float32, cached on disk under ``$MASKFR_CACHE`` (``~/.cache/maskfr``) because the
 dlib teacher costs ~0.1 s per face on a CPU.
 """
 from __future__ import annotations

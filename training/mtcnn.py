@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from maskfr.training import load_checkpoint, run_cli
+from maskfr.training.cache import CACHE_ROOT
 
 NETS = ("pnet", "rnet", "onet")
 
@@ -182,7 +183,7 @@ def export_all(nets: dict[str, nn.Module], out_dir: str | Path, suffix: str = ""
 # (realistic, hard negatives included) plus jittered boxes around each face, on the masked and
 # the unmasked image alike, so unmasked faces don't get worse.
 
-CACHE = Path.home() / ".cache" / "maskfr" / "mtcnn"
+CACHE = CACHE_ROOT / "mtcnn"
 SIZES = {"pnet": 12, "rnet": 24, "onet": 48}
 POS, PART, NEG = 1, -1, 0
 CHUNK = 100
@@ -469,7 +470,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="MTCNN: export the as-shipped nets, fine-tune on synthetic masks")
     ap.add_argument("--data", default=str(CACHE / "data"), help="prepared crops (written by prepare)")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("export-orig", help="facenet-pytorch wheel -> ONNX under ~/.cache/maskfr/mtcnn/orig")
+    e = sub.add_parser("export-orig", help="facenet-pytorch wheel -> ONNX in mtcnn/orig of the cache folder "
+                       "($MASKFR_CACHE, else ~/.cache/maskfr)")
     e.add_argument("wheel")
     p = sub.add_parser("prepare", help="labelled crops from LFW folds 1-5 people + CelebA subset")
     p.add_argument("--lfw", default="../shared/data/lfw")

@@ -303,7 +303,7 @@ __all__ = ["CHIP_PADDING", "CHIP_SIZE", "DlibResNet", "DlibTeacher", "chip_trans
 class OnnxTeacher:
     """The same teacher through ONNX Runtime: ~6x faster than torch on a CPU (benchmarks/RESULTS.md).
 
-    The ONNX file is exported once from dlib's model file and cached (``~/.cache/maskfr`` by default).
+    The ONNX file is exported once from dlib's model file and cached (``$MASKFR_CACHE``, else ``~/.cache/maskfr``).
     """
 
     def __init__(self, onnx_path: str | os.PathLike | None = None, batch_size: int = 64, threads: int | None = None):
@@ -312,7 +312,8 @@ class OnnxTeacher:
 
         from maskfr.backends import session_options
         from maskfr.export.teacher_onnx import export_teacher
-        path = Path(onnx_path) if onnx_path else Path.home() / ".cache" / "maskfr" / "dlib_teacher.onnx"
+        from maskfr.training.cache import CACHE_ROOT
+        path = Path(onnx_path) if onnx_path else CACHE_ROOT / "dlib_teacher.onnx"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp.onnx")

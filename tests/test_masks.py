@@ -68,6 +68,15 @@ def test_masks_worn_below_the_nose(p_template):
             _check_below_nose(synth(img, lm, np.random.default_rng(seed))[1], lm, bool(p_template))
 
 
+def _posed_faces(seeds: int = 12):
+    """A drawn face at three head rolls, each with ``seeds`` fresh generators: (68 points, image, generator)."""
+    for angle in (0.0, 0.25, -0.3):
+        lm = face_landmarks(angle=angle)
+        img = draw_face(lm)
+        for seed in range(seeds):
+            yield lm, img, np.random.default_rng(seed)
+
+
 def _draws_as_before(synth: MaskSynth) -> None:
     """The random numbers a procedural mask took before scarves and sunglasses existed (the generator's next value
     after the call, for seeds 0-2; PCG64's stream is fixed across numpy versions): a new kind that draws even when
@@ -83,31 +92,25 @@ def _draws_as_before(synth: MaskSynth) -> None:
 def test_scarves_hide_the_face_outline_too():
     """Scarves cover what masks do and also the jaw line and the neck below the chin, never the eyes."""
     synth = MaskSynth(None, p_scarf=1.0)
-    for angle in (0.0, 0.25, -0.3):
-        lm = face_landmarks(angle=angle)
-        img = draw_face(lm)
-        for seed in range(12):
-            occ = synth(img, lm, np.random.default_rng(seed))[1]
-            _check_coverage(occ, lm)
-            below_chin = lm[8] + 0.3 * (lm[8] - lm[57])
-            for p in np.vstack([lm[[6, 7, 8, 9, 10]], below_chin[None]]):  # the jaw around the chin, the neck
-                assert occ[int(round(p[1])), int(round(p[0]))], f"point {p} not covered"
+    for lm, img, rng in _posed_faces():
+        occ = synth(img, lm, rng)[1]
+        _check_coverage(occ, lm)
+        below_chin = lm[8] + 0.3 * (lm[8] - lm[57])
+        for p in np.vstack([lm[[6, 7, 8, 9, 10]], below_chin[None]]):  # the jaw around the chin, the neck
+            assert occ[int(round(p[1])), int(round(p[0]))], f"point {p} not covered"
     _draws_as_before(MaskSynth(None, p_scarf=0.0))  # no draw when off: old masks unchanged
 
 
 def test_sunglasses_cover_both_eyes_on_top_of_the_mask():
     """Sunglasses go over the eyes, with the mask still there; off, no random number is drawn (old masks unchanged)."""
     shaded = MaskSynth(None, p_sunglasses=1.0)
-    for angle in (0.0, 0.25, -0.3):
-        lm = face_landmarks(angle=angle)
-        img = draw_face(lm)
-        for seed in range(12):
-            occ = shaded(img, lm, np.random.default_rng(seed))[1]
-            _check_coverage(occ, lm, eyes_bare=False)
-            for eye in (lm[36:42].mean(0), lm[42:48].mean(0)):
-                assert occ[int(round(eye[1])), int(round(eye[0]))], f"eye {eye} not covered"
-            brow = lm[19] + 0.5 * (lm[19] - lm[37])  # above the brow: the forehead stays bare
-            assert not occ[int(round(brow[1])), int(round(brow[0]))]
+    for lm, img, rng in _posed_faces():
+        occ = shaded(img, lm, rng)[1]
+        _check_coverage(occ, lm, eyes_bare=False)
+        for eye in (lm[36:42].mean(0), lm[42:48].mean(0)):
+            assert occ[int(round(eye[1])), int(round(eye[0]))], f"eye {eye} not covered"
+        brow = lm[19] + 0.5 * (lm[19] - lm[37])  # above the brow: the forehead stays bare
+        assert not occ[int(round(brow[1])), int(round(brow[0]))]
     _draws_as_before(MaskSynth(None, p_sunglasses=0.0))
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from maskfr.align import ARCFACE_112, MEAN, STD, to_input
 from maskfr.backends import META_PREFIX
+from maskfr.cli_runtime import written_then_renamed
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -396,8 +397,7 @@ def export_onnx(model_or_ckpt: "nn.Module | str | os.PathLike", path: str | os.P
         raise ValueError(f"cannot create the folder of the output path {final}: {why}") from None
     # Written next to the destination and renamed once parity holds: a failed export must not replace (or
     # half-write) a model already there, and the output may be the very file being re-exported.
-    path = f"{final}.tmp-{os.getpid()}"
-    try:
+    with written_then_renamed(final) as path:
         _torch_export(model, path, opset)
         source = "given"
         if faces is None:
@@ -420,10 +420,6 @@ def export_onnx(model_or_ckpt: "nn.Module | str | os.PathLike", path: str | os.P
         if golden is not None:  # made from the checked temporary and renamed just before it: both or neither
             from maskfr.export.golden import golden_path, write_golden
             report["golden"] = str(write_golden(path, golden, golden_path(final), model_name=Path(final).name))
-        os.replace(path, final)
-    finally:
-        if os.path.exists(path):
-            os.unlink(path)
     report["sha256"] = sha256(final)
     return report
 

@@ -171,62 +171,9 @@ def cmd_identify(a: argparse.Namespace) -> int:
     return 0 if found else 1
 
 
-def calibrate(embeddings: np.ndarray, labels: np.ndarray, far: float, max_impostors: int = 2_000_000,
-              seed: int = 0, masked: np.ndarray | None = None, photos: np.ndarray | None = None) -> dict:
-    """Threshold for a target FAR from all genuine pairs and (up to ``max_impostors``) impostor pairs.
-
-    ``masked``: each face's mask flag; then ``by_condition`` also holds the threshold of each comparison condition
-    ("u-u", "m-u", "m-m") that has genuine and impostor pairs, from those pairs alone (what
-    :meth:`FaceRecognizer.threshold_for` applies; masked faces look more alike, so "m-m" needs a higher one).
-    ``photos``: faces with the same number are copies of one photo (a photo and its ``maskfr mask`` copy); they
-    are never paired, as such a pair is far easier than two photos of one person.
-    """
-    _check_far(far)
-    n = len(labels)
-    i, j = np.triu_indices(n, 1)
-    if photos is not None:
-        keep = photos[i] != photos[j]
-        i, j = i[keep], j[keep]
-    if len(i) > max_impostors:  # keep every genuine pair, sample impostors
-        gen = labels[i] == labels[j]
-        rng = np.random.default_rng(seed)
-        keep = gen | (rng.random(len(i)) < max_impostors / len(i))
-        i, j = i[keep], j[keep]
-    scores = np.einsum("nd,nd->n", embeddings[i], embeddings[j])
-    same = labels[i] == labels[j]
-    if same.sum() == 0 or (~same).sum() == 0:
-        raise ValueError("calibration needs at least one identity with 2+ images and 2+ identities")
-    report = {"far": far, **_threshold_at(scores, same, far)}
-    if masked is not None:
-        m = np.asarray(masked, int)
-        cond = np.array(["u-u", "m-u", "m-m"])[m[i] + m[j]]  # how many of the two faces are masked
-        report["by_condition"] = {c: _threshold_at(scores[cond == c], same[cond == c], far)
-                                  for c in ("u-u", "m-u", "m-m") if same[cond == c].any() and (~same[cond == c]).any()}
-    return report
-
-
-def _threshold_at(scores: np.ndarray, same: np.ndarray, far: float) -> dict:
-    from maskfr.metrics import tar_at_far
-    tar, thr = tar_at_far(scores, same, far)
-    if (~same).sum() * far < 10:
-        note = f"only {(~same).sum()} impostor pairs: FAR {far:g} is poorly estimated (want >= {int(10 / far)})"
-    else:
-        note = ""
-    if not np.isfinite(thr):  # inf would print as Infinity, which is not JSON
-        thr = float(np.nextafter(float(scores.max()), np.inf))
-        note = ("the most similar pair is an impostor pair (mislabelled images?): only a threshold above every "
-                f"score reaches FAR {far:g}" + (f"; {note}" if note else ""))
-    return {"threshold": thr, "tar": tar, "genuine_pairs": int(same.sum()), "impostor_pairs": int((~same).sum()),
-            "note": note}
-
-
-def _check_far(far: float) -> None:
-    if not 0 < far <= 1:
-        raise ValueError(f"--far must be in (0, 1], got {far:g}")
-
-
 def cmd_calibrate(a: argparse.Namespace) -> int:
-    _check_far(a.far)  # before minutes of embedding
+    from maskfr.metrics import calibrate, check_far
+    check_far(a.far)  # before minutes of embedding
     rec = _recognizer(a)
     # an identity's sub-folders of the same name in every folder are one person; the same file name there, one photo
     items = [(name, p) for folder in a.folders for name, paths in folder_images(Path(folder)).items() for p in paths]
@@ -490,4 +437,4 @@ def add_runtime_commands(sub: argparse._SubParsersAction) -> None:
     common(p)
 
 
-__all__ = ["add_runtime_commands", "calibrate", "write_then_rename", "written_then_renamed"]
+__all__ = ["add_runtime_commands", "write_then_rename", "written_then_renamed"]

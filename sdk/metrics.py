@@ -110,3 +110,74 @@ def verification_report(scores: np.ndarray, same: np.ndarray, folds: np.ndarray,
     for f in fars:
         out[f"tar@far={f:g}"] = tar_at_far(scores, same, f)[0]
     return out
+
+
+def check_far(far: float) -> None:
+    if not 0 < far <= 1:
+        raise ValueError(f"--far must be in (0, 1], got {far:g}")
+
+
+def calibration_pairs(labels: np.ndarray, photos: np.ndarray | None = None, max_impostors: int = 2_000_000,
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs for TAR at FAR: every genuine pair (never two copies of one photo), and every impostor pair while
+    all pairs number at most ``max_impostors``, else that many random pairs kept when their labels differ.
+
+    Drawn, not enumerated past that: all pairs of 15,000 faces are 112 M, gigabytes of indices.
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    photos = np.arange(n) if photos is None else np.asarray(photos)
+    if n * (n - 1) // 2 <= max_impostors:
+        i, j = np.triu_indices(n, 1)
+    else:
+        order = np.argsort(labels, kind="stable")
+        groups = np.split(order, np.flatnonzero(labels[order][1:] != labels[order][:-1]) + 1)  # one label's rows
+        tri = [np.triu_indices(len(g), 1) for g in groups]
+        rng = np.random.default_rng(seed)
+        ii, ij = rng.integers(0, n, max_impostors), rng.integers(0, n, max_impostors)
+        imp = labels[ii] != labels[ij]
+        i = np.concatenate([g[a] for g, (a, _) in zip(groups, tri)] + [ii[imp]])
+        j = np.concatenate([g[b] for g, (_, b) in zip(groups, tri)] + [ij[imp]])
+    keep = photos[i] != photos[j]
+    return i[keep], j[keep]
+
+
+def calibrate(embeddings: np.ndarray, labels: np.ndarray, far: float, max_impostors: int = 2_000_000,
+              seed: int = 0, masked: np.ndarray | None = None, photos: np.ndarray | None = None) -> dict:
+    """Threshold for a target FAR over the pairs of :func:`calibration_pairs`.
+
+    ``masked``: each face's mask flag; then ``by_condition`` also holds the threshold of each comparison condition
+    ("u-u", "m-u", "m-m") that has genuine and impostor pairs, from those pairs alone (what
+    :meth:`FaceRecognizer.threshold_for` applies; masked faces look more alike, so "m-m" needs a higher one).
+    ``photos``: faces with the same number are copies of one photo (a photo and its ``maskfr mask`` copy); they
+    are never paired, as such a pair is far easier than two photos of one person.
+    """
+    check_far(far)
+    labels = np.asarray(labels)
+    i, j = calibration_pairs(labels, photos, max_impostors, seed)
+    scores = np.concatenate([np.einsum("nd,nd->n", embeddings[i[k:k + 100_000]], embeddings[j[k:k + 100_000]])
+                             for k in range(0, len(i), 100_000)] or [np.zeros(0)])  # a chunk at a time: 2 M x 512
+    same = labels[i] == labels[j]
+    if same.sum() == 0 or (~same).sum() == 0:
+        raise ValueError("calibration needs at least one identity with 2+ images and 2+ identities")
+    report = {"far": far, **_threshold_at(scores, same, far)}
+    if masked is not None:
+        m = np.asarray(masked, int)
+        cond = np.array(["u-u", "m-u", "m-m"])[m[i] + m[j]]  # how many of the two faces are masked
+        report["by_condition"] = {c: _threshold_at(scores[cond == c], same[cond == c], far)
+                                  for c in ("u-u", "m-u", "m-m") if same[cond == c].any() and (~same[cond == c]).any()}
+    return report
+
+
+def _threshold_at(scores: np.ndarray, same: np.ndarray, far: float) -> dict:
+    tar, thr = tar_at_far(scores, same, far)
+    if (~same).sum() * far < 10:
+        note = f"only {(~same).sum()} impostor pairs: FAR {far:g} is poorly estimated (want >= {int(10 / far)})"
+    else:
+        note = ""
+    if not np.isfinite(thr):  # inf would print as Infinity, which is not JSON
+        thr = float(np.nextafter(float(scores.max()), np.inf))
+        note = ("the most similar pair is an impostor pair (mislabelled images?): only a threshold above every "
+                f"score reaches FAR {far:g}" + (f"; {note}" if note else ""))
+    return {"threshold": thr, "tar": tar, "genuine_pairs": int(same.sum()), "impostor_pairs": int((~same).sum()),
+            "note": note}

@@ -78,3 +78,25 @@ def test_paired_comparison_exact_binomial_tail():
     r = paired_comparison(a, b, same, folds)
     assert (r["a_only_correct"], r["b_only_correct"]) == (9, 1)
     assert abs(r["mcnemar_p"] - 2 * 11 / 1024) < 1e-15
+
+
+def test_calibration_pairs_enumerate_few_and_draw_many():
+    """Few faces: every pair but two copies of one photo. Many: every genuine pair still, impostors drawn (never
+    enumerated: 100,000 faces would be 5 G pairs), and a threshold close to the exact one."""
+    from maskfr.metrics import calibrate, calibration_pairs
+    labels, photos = np.array([0, 0, 0, 1, 1, 0]), np.array([0, 1, 2, 3, 4, 0])  # face 5: a copy of face 0
+    i, j = calibration_pairs(labels, photos)
+    assert sorted(zip(i.tolist(), j.tolist())) == [(a, b) for a in range(6) for b in range(a + 1, 6) if (a, b) != (0, 5)]
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(100_000), 2)
+    i, j = calibration_pairs(labels, max_impostors=50_000)
+    gen = labels[i] == labels[j]
+    assert gen.sum() == 100_000 and (i[gen] != j[gen]).all() and 49_000 < (~gen).sum() <= 50_000
+    centres = rng.standard_normal((300, 32))
+    e = np.repeat(centres, 4, 0) + 0.7 * rng.standard_normal((1200, 32))
+    e = (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float32)
+    exact = calibrate(e, np.repeat(np.arange(300), 4), 1e-2)  # 719,400 pairs: all of them
+    drawn = calibrate(e, np.repeat(np.arange(300), 4), 1e-2, max_impostors=200_000)
+    assert exact["impostor_pairs"] == 717_600 and drawn["genuine_pairs"] == exact["genuine_pairs"] == 1800
+    assert abs(drawn["threshold"] - exact["threshold"]) < 0.01 and abs(drawn["tar"] - exact["tar"]) < 0.02

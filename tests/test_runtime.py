@@ -622,7 +622,7 @@ def test_cli_embed_out_is_the_path_given(cli, tmp_path):
 
 def test_calibrate_json_is_valid_when_an_impostor_pair_scores_highest():
     """A mislabelled duplicate made the threshold inf, printed by --json as Infinity (not JSON)."""
-    from maskfr.cli_runtime import calibrate
+    from maskfr.metrics import calibrate
     rng = np.random.default_rng(0)
     e = rng.standard_normal((6, 16)).astype(np.float32)
     e[5] = e[0]  # the same photo filed under another identity
@@ -633,7 +633,7 @@ def test_calibrate_json_is_valid_when_an_impostor_pair_scores_highest():
 
 
 def test_calibrate_picks_threshold_for_far():
-    from maskfr.cli_runtime import calibrate
+    from maskfr.metrics import calibrate
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((50, 128))
     e = np.repeat(centres, 4, 0) + 0.6 * rng.standard_normal((200, 128))
@@ -647,7 +647,7 @@ def test_calibrate_picks_threshold_for_far():
 def test_calibrate_per_mask_condition_and_thresholds_file(tmp_path, model):
     """Masked faces made alike (a shared component): the masked-masked pairs get their own, higher threshold, each
     condition meets the FAR on its own pairs, and the file of `calibrate -o` replaces the model's thresholds."""
-    from maskfr.cli_runtime import calibrate
+    from maskfr.metrics import calibrate
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(60), 4)
     e = np.repeat(rng.standard_normal((60, 64)), 4, 0) + 0.6 * rng.standard_normal((240, 64))

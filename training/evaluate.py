@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from maskfr.metrics import paired_comparison, roc, tar_at_far, verification_report
+from maskfr.metrics import calibrate, paired_comparison, roc, verification_report
 from maskfr.training.data import LFW, Pair
 
 SETTINGS = {"unmasked-unmasked": (False, False), "masked-unmasked": (True, False), "masked-masked": (True, True)}
@@ -143,7 +143,6 @@ def recommended_thresholds(embed: Callable[[bool], np.ndarray], cache: dict[str,
     Use people the model was NOT trained on: it separates its training people better than it will
     separate strangers, so thresholds from them come out too low (too permissive).
     """
-    from maskfr.cli_runtime import calibrate
     names, labels = np.unique(cache["identity"], return_inverse=True)
     emb = np.concatenate([embed(False), embed(True)])
     flags = np.r_[np.zeros(len(labels), bool), np.ones(len(labels), bool)]
@@ -160,37 +159,15 @@ def recommended_thresholds(embed: Callable[[bool], np.ndarray], cache: dict[str,
 def dense_tar(emb: dict[bool, np.ndarray], identities: np.ndarray, far: float = 1e-3, impostors: int = 2_000_000,
               seed: int = 0) -> dict[str, dict]:
     """TAR at ``far`` per condition over every genuine pair of these faces, each unmasked and masked (a photo never
-    paired with its own masked copy), against ``impostors`` random pairs of different people: the 3,000 pairs' TAR at
-    FAR 1e-3 hangs on the one or two highest of their 1,500 impostor scores, and FAR 1e-3 is where the runtime
-    decides. Pairs are drawn, not enumerated (all pairs of LFW's 15,402 rows would take gigabytes)."""
+    paired with its own masked copy), against impostor pairs drawn as :func:`maskfr.metrics.calibration_pairs` does
+    (``impostors`` of them): the 3,000 pairs' TAR at FAR 1e-3 hangs on the one or two highest of their 1,500 impostor
+    scores, and FAR 1e-3 is where the runtime decides."""
     labels = np.unique(identities, return_inverse=True)[1]
     n = len(labels)
-    x, lab = np.concatenate([emb[False], emb[True]]), np.r_[labels, labels]
-    photo, masked = np.r_[np.arange(n), np.arange(n)], np.r_[np.zeros(n, int), np.ones(n, int)]
-    order = np.argsort(lab, kind="stable")
-    gi, gj = [], []
-    for rows in np.split(order, np.flatnonzero(np.diff(lab[order])) + 1):  # one person's rows
-        a, b = np.triu_indices(len(rows), 1)
-        gi.append(rows[a])
-        gj.append(rows[b])
-    gi, gj = np.concatenate(gi), np.concatenate(gj)
-    gi, gj = gi[photo[gi] != photo[gj]], gj[photo[gi] != photo[gj]]
-    rng = np.random.default_rng(seed)
-    ii, ij = rng.integers(0, 2 * n, impostors), rng.integers(0, 2 * n, impostors)
-    ii, ij = ii[lab[ii] != lab[ij]], ij[lab[ii] != lab[ij]]
-    i, j = np.r_[gi, ii], np.r_[gj, ij]
-    same = np.r_[np.ones(len(gi), bool), np.zeros(len(ii), bool)]
-    scores = np.concatenate([np.einsum("nd,nd->n", x[i[k:k + 100_000]], x[j[k:k + 100_000]])  # 51 MB at a time
-                             for k in range(0, len(i), 100_000)]).astype(np.float64)
-    cond = masked[i] + masked[j]
-    out = {}
-    for c, name in enumerate(("u-u", "m-u", "m-m")):
-        sel = cond == c
-        if same[sel].any() and (~same[sel]).any():
-            tar, thr = tar_at_far(scores[sel], same[sel], far)
-            out[name] = {"tar": tar, "threshold": thr if np.isfinite(thr) else None,
-                         "genuine_pairs": int(same[sel].sum()), "impostor_pairs": int((~same[sel]).sum())}
-    return out
+    rep = calibrate(np.concatenate([emb[False], emb[True]]), np.r_[labels, labels], far, impostors, seed,
+                    masked=np.r_[np.zeros(n, bool), np.ones(n, bool)], photos=np.r_[np.arange(n), np.arange(n)])
+    return {c: {k: r[k] for k in ("tar", "threshold", "genuine_pairs", "impostor_pairs")}
+            for c, r in rep["by_condition"].items()}
 
 
 def dense_line(name: str, dense: dict[str, dict], faces: int) -> str:

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from maskfr.export.onnx_export import INPUT_NAME, INPUT_SIZE, check_student_io, read_metadata, sha256
+from maskfr.fileio import write_then_rename, written_then_renamed
 
 FLAVOURS = ("tensorrt", "tensorrt_rtx")
 PRECISIONS = ("fp32", "fp16", "int8", "best")
@@ -227,7 +228,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
         raise RuntimeError(f"TensorRT ({name} {trt.__version__}) failed to build {onnx_path}; see the log above")
     build_s = time.perf_counter() - t0
     if timing_cache and cache is not None:
-        Path(timing_cache).write_bytes(memoryview(config.get_timing_cache().serialize()))
+        write_then_rename(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
     target_sm = sm if sm is not None else gpu["sm"]
     side = {
         "flavour": name, "tensorrt_version": trt.__version__,
@@ -246,16 +247,10 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
     # never sit next to the sidecar of an earlier build, nor a half-written engine next to a valid sidecar.
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     side_file = sidecar_path(engine_path)
-    tmp_engine, tmp_side = Path(f"{engine_path}.tmp-{os.getpid()}"), Path(f"{side_file}.tmp-{os.getpid()}")
-    try:
-        tmp_engine.write_bytes(memoryview(plan))
-        tmp_side.write_text(json.dumps(side, indent=1))
-        side_file.unlink(missing_ok=True)
-        os.replace(tmp_engine, engine_path)
-        os.replace(tmp_side, side_file)
-    finally:  # a failed write (a full disk, a path that cannot be replaced) leaves no temporaries behind
-        tmp_engine.unlink(missing_ok=True)
-        tmp_side.unlink(missing_ok=True)
+    with written_then_renamed(side_file) as tmp_side, written_then_renamed(engine_path) as tmp_engine:
+        Path(tmp_engine).write_bytes(memoryview(plan))
+        Path(tmp_side).write_text(json.dumps(side, indent=1))
+        side_file.unlink(missing_ok=True)  # the engine is renamed first, then the sidecar
     side["engine"] = str(engine_path)
     return side
 
@@ -295,7 +290,7 @@ def _entropy_calibrator(trt: Any, faces: np.ndarray, cache_file: Path) -> Any:
             return cache_file.read_bytes() if cache_file.exists() else None
 
         def write_calibration_cache(self, cache: Any) -> None:
-            cache_file.write_bytes(bytes(cache))
+            write_then_rename(cache_file, bytes(cache))
 
     return Calibrator()
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from maskfr.export.onnx_export import MIN_COSINE, compare, ort_embed, sha256
-from maskfr.cli_runtime import written_then_renamed
+from maskfr.fileio import written_then_renamed
 
 
 def golden_path(model: str | os.PathLike) -> Path:

@@ -26,7 +26,7 @@ import numpy as np
 
 from maskfr.align import ARCFACE_112, MEAN, STD, to_input
 from maskfr.backends import META_PREFIX
-from maskfr.cli_runtime import written_then_renamed
+from maskfr.fileio import written_then_renamed
 
 if TYPE_CHECKING:
     import onnxruntime

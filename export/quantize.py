@@ -40,7 +40,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from maskfr.align import to_input
-from maskfr.cli_runtime import written_then_renamed
+from maskfr.fileio import written_then_renamed
 
 #: Ops quantized in the INT8 model; the normalisation tail (ReduceL2, Clip, Div) stays float.
 #: ``Relu`` is listed so that, in the CPU flavour (uint8, whose zero point clips at 0), the quantizer folds

@@ -108,7 +108,7 @@ def cmd_thresholds(a: argparse.Namespace) -> int:
     from maskfr.training import cache as fc
     from maskfr.training.data import LFW
     from maskfr.training.embedders import onnx_embedder
-    from maskfr.cli_runtime import write_then_rename
+    from maskfr.fileio import write_then_rename
     from maskfr.training.evaluate import recommended_thresholds
     folds = LFW(a.lfw).people_folds()
     wanted = _folds(a.folds)

@@ -6,13 +6,11 @@ Exit codes scripts can rely on: the epilog of ``maskfr --help`` (:func:`maskfr.c
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -172,6 +170,7 @@ def cmd_identify(a: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(a: argparse.Namespace) -> int:
+    from maskfr.fileio import write_then_rename
     from maskfr.metrics import calibrate, check_far
     check_far(a.far)  # before minutes of embedding
     rec = _recognizer(a)
@@ -217,25 +216,6 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
                   "ones, add masked photos, or masked copies of these (pip install 'maskfr[train]'; maskfr mask "
                   "FOLDER MASKED; maskfr calibrate FOLDER MASKED)")
     return 0
-
-
-@contextlib.contextmanager
-def written_then_renamed(dst: str | os.PathLike) -> Iterator[str]:
-    """A temporary path next to ``dst`` for a writer that wants a path, renamed to ``dst`` when the block
-    succeeds: a failed or interrupted run leaves the previous file whole (or none) and nothing else behind."""
-    tmp = f"{os.fspath(dst)}.tmp-{os.getpid()}"
-    try:
-        yield tmp
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_then_rename(path: Path, data: bytes) -> None:
-    """``data`` to ``path`` through :func:`written_then_renamed`."""
-    with written_then_renamed(path) as tmp:
-        Path(tmp).write_bytes(data)
 
 
 def _timeit(fn: Callable[[], Any], seconds: float) -> float:
@@ -437,4 +417,4 @@ def add_runtime_commands(sub: argparse._SubParsersAction) -> None:
     common(p)
 
 
-__all__ = ["add_runtime_commands", "write_then_rename", "written_then_renamed"]
+__all__ = ["add_runtime_commands"]

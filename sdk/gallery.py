@@ -14,8 +14,6 @@ mid-save leaves the previous gallery intact.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 import zipfile
 from dataclasses import dataclass
@@ -24,27 +22,14 @@ from typing import Any
 
 import numpy as np
 
+from maskfr.fileio import written_then_renamed
+
 FORMAT = "maskfr-gallery"
 VERSION = 1
 #: Templates from which faiss (when installed) replaces numpy. Exact faiss (IndexFlatIP) never beat numpy's
 #: matrix product on two 2-core machines, 10k to 1M templates (benchmarks/RESULTS.md, "Gallery search"), so
 #: auto stays on numpy beyond the largest size measured. Re-run it on bigger CPUs; index="faiss" forces it.
 FAISS_MIN_SIZE = 2_000_000
-
-
-def _file_mode(path: Path) -> int:
-    """Permission bits for a gallery written to ``path``: the existing file's, else 0666 minus the umask."""
-    try:
-        return path.stat().st_mode & 0o777
-    except OSError:
-        pass
-    try:  # Linux: read the umask without changing it (os.umask would, for every thread of the process)
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o644
 
 
 def _flag(v: int) -> bool | None:
@@ -227,7 +212,7 @@ class Gallery:
             raise FileNotFoundError(f"cannot save the gallery {path}: folder {path.parent} does not exist")
 
     def save(self, path: str | Path) -> None:
-        """Write atomically: temp file in the same folder, fsync, ``os.replace``."""
+        """Write atomically (:func:`maskfr.fileio.written_then_renamed`): a crash mid-save keeps the old gallery."""
         path = Path(path)
         self.check_save_path(path)
         with self._lock:
@@ -236,19 +221,9 @@ class Gallery:
             arrays = {"header": np.frombuffer(json.dumps(header).encode(), np.uint8),
                       "embeddings": self._emb, "labels": self._label, "masked": self._masked,
                       "names": np.frombuffer(json.dumps(self._names).encode(), np.uint8)}
-            fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    # mkstemp makes the file 0600: keep the replaced gallery's mode, else the umask's default, so
-                    # a save does not lock out the (other) user a camera service reads the gallery as
-                    os.fchmod(f.fileno(), _file_mode(path))
+            with written_then_renamed(path) as tmp:
+                with open(tmp, "wb") as f:
                     np.savez(f, **arrays)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
 
     @classmethod
     def load(cls, path: str | Path, index: str = "auto") -> Gallery:

@@ -680,7 +680,7 @@ def test_export_refuses_a_folder_or_an_uncreatable_folder_before_exporting(model
                             (tmp_path / "file" / "sub" / "m.onnx", "cannot create")):
         assert main(["export", str(ckpt), "-o", str(output), "--golden", "0"]) == 2, output
         err = capsys.readouterr().err
-        assert message in err and str(output) in err and ".tmp-" not in err, err
+        assert message in err and str(output) in err and ".tmp" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "final.pt", "out"]
     assert not any((tmp_path / "out").iterdir())
 

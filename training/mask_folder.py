@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from maskfr.cli_runtime import write_then_rename
+from maskfr.fileio import write_then_rename
 from maskfr.training.data import IMAGE_EXTS
 
 

@@ -291,7 +291,7 @@ def prepare(paths: list[str], out_dir: str | Path, masks_root: str | Path, seed:
     degradations after masking; boxes and points stay those of the sharp unmasked image.
     ``faces_only``: only the landmark stage's face crops (:func:`_landmark_faces`, ``face_side`` pixels a
     side: ``FACE_PAD`` times the input of the LNet to train), not P/R/O-Net's. ``mask_kw``: :class:`MaskSynth`'s
-    shares of mask kinds (``p_below_nose``, ``p_scarf``)."""
+    shares of mask kinds (``p_below_nose``, ``p_scarf``, ``p_sunglasses``)."""
     import cv2
     import numpy as np
     from tqdm import tqdm
@@ -486,6 +486,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--face-side", type=int, default=FACE_SIDE, help="their side in pixels (1.5x the LNet input)")
     p.add_argument("--below-nose", type=float, default=0.0, help="share of the masks worn below the nose")
     p.add_argument("--scarf", type=float, default=0.0, help="share of the occluders that are scarves")
+    p.add_argument("--sunglasses", type=float, default=0.0, help="share of the masked faces also wearing sunglasses")
     f = sub.add_parser("finetune", help="fine-tune, then export to OUT/mtcnn_*.onnx")
     f.add_argument("--nets", default="pnet,rnet,onet")
     f.add_argument("--epochs", default="3,5,4", help="one count, or one per net in --nets")
@@ -502,7 +503,8 @@ def main(argv: list[str] | None = None) -> None:
         k, n = a.part
         prepare(training_paths(a.lfw, a.celeba, a.n_lfw, a.n_celeba), a.data, a.masks, part=k, parts=n,
                 masked_copies=a.masked_copies, degrade=a.degrade, faces_only=a.faces_only,
-                face_side=a.face_side, p_below_nose=a.below_nose, p_scarf=a.scarf)
+                face_side=a.face_side, p_below_nose=a.below_nose, p_scarf=a.scarf,
+                p_sunglasses=a.sunglasses)
     else:
         nets = {n: from_onnx(Path(a.init) / f"mtcnn_{n}.onnx", n) for n in NETS}
         names = a.nets.split(",")

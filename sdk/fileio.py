@@ -32,7 +32,10 @@ def written_then_renamed(dst: str | os.PathLike) -> Iterator[str]:
     mkstemp's 0600, so a save does not lock out another user (a camera service) that reads the file.
     """
     dst = Path(dst)
-    fd, tmp = tempfile.mkstemp(prefix=dst.name + ".", suffix=".tmp", dir=dst.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=dst.name + ".", suffix=".tmp", dir=dst.parent)
+    except OSError as exc:  # name the file asked for, not a temporary the user never heard of
+        raise OSError(exc.errno, exc.strerror, str(dst)) from exc
     try:
         os.fchmod(fd, file_mode(dst))
         os.close(fd)

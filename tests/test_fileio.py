@@ -50,3 +50,9 @@ def test_mode_is_the_replaced_file_s_or_the_umask_s(tmp_path):
         assert p.stat().st_mode & 0o777 == 0o604 and p.read_bytes() == b"b"
     finally:
         os.umask(old)
+
+
+def test_an_unwritable_folder_is_named_with_the_file_asked_for(tmp_path):
+    with pytest.raises(FileNotFoundError) as exc:
+        write_then_rename(tmp_path / "missing" / "g.npz", b"x")
+    assert exc.value.filename == str(tmp_path / "missing" / "g.npz") and ".tmp" not in str(exc.value)

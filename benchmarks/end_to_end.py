@@ -163,7 +163,8 @@ def main() -> None:
         rows = np.flatnonzero(np.isin(z["path"], need))
         if len(rows) < len(need):
             raise SystemExit(f"{cache} lacks {len(need) - len(rows)} of the pair images of folds {a.folds}")
-        sub = {k: z[k][rows] for k in ("path", "img112", "img112_masked", "found", "found_masked", "box", "box_masked")}
+        sub = {k: z[k][rows] for k in ("path", "identity", "img112", "img112_masked", "found", "found_masked", "box",
+                                        "box_masked")}
     detector = (FaceDetector(min_face=a.min_face, backend="cpu", models_dir=a.detector, threads=a.threads)
                 if a.detector else None)
     rec = FaceRecognizer(a.model, detector, backend="cpu", threads=a.threads, min_face=None if detector else a.min_face)

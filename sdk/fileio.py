@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterator
 
 
-def file_mode(path: Path) -> int:
+def _file_mode(path: Path) -> int:
     """Permission bits for a file written to ``path``: the existing file's, else 0666 minus the umask."""
     try:
         return path.stat().st_mode & 0o777
@@ -37,8 +37,10 @@ def written_then_renamed(dst: str | os.PathLike) -> Iterator[str]:
     except OSError as exc:  # name the file asked for, not a temporary the user never heard of
         raise OSError(exc.errno, exc.strerror, str(dst)) from exc
     try:
-        os.fchmod(fd, file_mode(dst))
-        os.close(fd)
+        try:
+            os.fchmod(fd, _file_mode(dst))
+        finally:
+            os.close(fd)
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
         try:
